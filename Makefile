@@ -1,0 +1,43 @@
+# Two commands do everything on a fresh clone: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data test demo bench clean
+
+setup: $(STAMP) data
+
+# Re-installs only when the requirements or the package metadata change.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+# Fashion-MNIST: Debian's package when we are root with apt, else torchvision's download.
+data: $(STAMP)
+	@if $(PY) -m fedfish.data locate fashion-mnist >/dev/null 2>&1; then \
+	  echo "Fashion-MNIST: $$($(PY) -m fedfish.data locate fashion-mnist)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null; \
+	  $(PY) -m fedfish.data locate fashion-mnist; \
+	else \
+	  $(PY) -m fedfish.data download fashion-mnist; \
+	fi
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) -m simulations.demo
+
+bench: setup
+	$(PY) -m bench.fisher
+	$(PY) -m bench.codec
+	$(PY) -m bench.masked_step
+	$(PY) -m bench.wire
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
