@@ -1,0 +1,165 @@
+"""Tests for fedfish.models: architectures, parameter counts, head names, BackPACK."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from backpack import backpack, extend
+from backpack.extensions import SumGradSquared
+from torch import nn
+
+from fedfish import models
+from fedfish.layout import ParamLayout
+from fedfish.models import (
+    MODEL_NAMES,
+    CifarResNet18,
+    FedAvgCNN,
+    build_model,
+    default_device,
+    head_names,
+)
+
+
+def _hand_count_cnn(in_channels: int, side: int, num_classes: int) -> int:
+    """Parameter count of the FedAvg CNN from its layer sizes (weights + biases)."""
+    conv1 = in_channels * 32 * 5 * 5 + 32
+    conv2 = 32 * 64 * 5 * 5 + 64
+    fc1 = 64 * (side // 4) ** 2 * 512 + 512
+    fc2 = 512 * num_classes + num_classes
+    return conv1 + conv2 + fc1 + fc2
+
+
+def test_cnn_has_the_published_parameter_count() -> None:
+    # Execute
+    layout = ParamLayout.of(FedAvgCNN())
+
+    # Assert
+    assert layout.num_params == 1_663_370 == _hand_count_cnn(1, 28, 10)
+    assert layout.names == (
+        "conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
+        "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias",
+    )
+    assert layout.shapes[layout.names.index("fc1.weight")] == (512, 3136)
+
+
+def test_cifar_resnet18_has_the_cifar_stem_and_parameter_count() -> None:
+    # Execute
+    model = CifarResNet18()
+    layout = ParamLayout.of(model)
+
+    # Assert: 11,173,962 is the CIFAR ResNet-18 figure (3x3 stem, 10-way head).
+    assert layout.num_params == 11_173_962
+    assert layout.names[0] == "conv1.weight" and layout.names[-2:] == ("fc.weight", "fc.bias")
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert model.conv1.bias is None
+    assert isinstance(model.maxpool, nn.Identity)
+
+
+@pytest.mark.parametrize(
+    ("model", "input_shape", "num_classes"),
+    [
+        (FedAvgCNN(), (4, 1, 28, 28), 10),
+        (FedAvgCNN(num_classes=7, in_channels=3, image_size=32), (2, 3, 32, 32), 7),
+        (CifarResNet18(num_classes=5), (2, 3, 32, 32), 5),
+    ],
+    ids=["cnn-fmnist", "cnn-rgb32", "resnet18"],
+)
+def test_forward_shapes(model: nn.Module, input_shape, num_classes: int) -> None:
+    # Prepare
+    x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
+
+    # Execute
+    with torch.no_grad():
+        out = model.eval()(x)
+
+    # Assert
+    assert out.shape == (input_shape[0], num_classes) and torch.isfinite(out).all()
+
+
+def test_cnn_with_other_input_size_counts_fc1_from_it() -> None:
+    assert ParamLayout.of(FedAvgCNN(3, 3, 32)).num_params == _hand_count_cnn(3, 32, 3)
+
+
+@pytest.mark.parametrize(("name", "cls"), [("cnn", FedAvgCNN), ("resnet18", CifarResNet18)])
+def test_build_model_and_head_names(name: str, cls: type) -> None:
+    # Execute
+    model = build_model(name, num_classes=6)
+    names = head_names(model)
+
+    # Assert: the head is the last parameters and produces the 6 logits.
+    assert isinstance(model, cls)
+    assert names == tuple(ParamLayout.of(model).names[-2:])
+    assert dict(model.named_parameters())[names[0]].shape[0] == 6
+
+
+def test_build_model_unknown_name_lists_model_names() -> None:
+    assert MODEL_NAMES == ("cnn", "resnet18")
+    with pytest.raises(ValueError, match=r"name must be one of \('cnn', 'resnet18'\), got 'vgg'"):
+        build_model("vgg")
+
+
+class _BadHead(nn.Linear):
+    head_names = ("fc.weight",)
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        (nn.Linear(2, 3), "Linear declares no head_names"),
+        (_BadHead(2, 3), r"lists non-parameters \['fc.weight'\]"),
+    ],
+)
+def test_head_names_rejects_models_without_a_valid_head(model: nn.Module, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        head_names(model)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_classes": 0}, "num_classes must be >= 1, got 0"),
+        ({"in_channels": 0}, "in_channels must be >= 1, got 0"),
+        ({"image_size": 3}, "image_size must be >= 4, got 3"),
+    ],
+)
+def test_cnn_rejects_bad_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        FedAvgCNN(**kwargs)
+
+
+def test_resnet_rejects_zero_classes() -> None:
+    with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
+        CifarResNet18(num_classes=0)
+
+
+# BackPACK's hooks fire on outputs since the inputs need no gradient; expected.
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+def test_backpack_sum_grad_squared_on_cnn_matches_per_sample_loop() -> None:
+    # Prepare: a small-input CNN keeps the loop cheap; same module structure.
+    torch.manual_seed(0)
+    model = FedAvgCNN(num_classes=4, image_size=8).double()
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    y = torch.tensor([0, 3, 1])
+    expected = [torch.zeros_like(p) for p in model.parameters()]
+    for i in range(3):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1], reduction="sum").backward()
+        for acc, p in zip(expected, model.parameters(), strict=True):
+            acc += p.grad**2
+
+    # Execute
+    ext_model = extend(model)
+    loss_fn = extend(nn.CrossEntropyLoss(reduction="sum"))
+    ext_model.zero_grad()
+    with backpack(SumGradSquared()):
+        loss_fn(ext_model(x), y).backward()
+
+    # Assert
+    for (name, p), want in zip(ext_model.named_parameters(), expected, strict=True):
+        torch.testing.assert_close(p.sum_grad_squared, want, msg=name)
+
+
+@pytest.mark.parametrize(("cuda", "device_type"), [(True, "cuda"), (False, "cpu")])
+def test_default_device_follows_cuda_availability(monkeypatch, cuda: bool, device_type: str) -> None:
+    monkeypatch.setattr(models.torch.cuda, "is_available", lambda: cuda)
+    assert default_device() == torch.device(device_type)
