@@ -1,0 +1,132 @@
+"""Per-round bookkeeping on the server: evaluate, log a progress line, write the results.
+
+:class:`RoundRecorder` is the ``evaluate_fn`` handed to ``Strategy.start``: Flower calls
+it once before the first round and after every round, which is exactly when a round's
+row (accuracy, bytes, client counts, time) is complete.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+from flwr.app import ArrayRecord, MetricRecord
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedfish.accounting import TrafficLog
+from fedfish.training import evaluate
+from simulations.results import CLIENT_COLUMNS, ROUND_COLUMNS, write_csv
+from strategies.fedfish import RoundStats
+
+
+class RoundRecorder:
+    """Centralized evaluation plus the round log.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model of the run's architecture (its weights are overwritten each call).
+    test_data : tuple[torch.Tensor, torch.Tensor]
+        The server's test set (images, labels).
+    traffic : TrafficLog
+        The MeteredGrid's log.
+    round_stats : dict[int, RoundStats]
+        The strategy's per-round counts.
+    run_dir : Path
+        Where ``rounds.csv`` and ``clients.csv`` are written after every round.
+    num_rounds : int
+        For the progress line.
+    on_round : Callable[[int, ArrayRecord], None] | None (default: None)
+        Called after a round's row is written (checkpoints hook in here).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        test_data: tuple[torch.Tensor, torch.Tensor],
+        traffic: TrafficLog,
+        round_stats: dict[int, RoundStats],
+        run_dir: Path,
+        num_rounds: int,
+        on_round: Callable[[int, ArrayRecord], None] | None = None,
+        rows: list[dict[str, object]] | None = None,
+    ) -> None:
+        self.model = model
+        self.loader = DataLoader(TensorDataset(*test_data), batch_size=500)
+        self.traffic = traffic
+        self.round_stats = round_stats
+        self.run_dir = run_dir
+        self.num_rounds = num_rounds
+        self.on_round = on_round
+        self.rows: list[dict[str, object]] = list(rows or [])
+        self._last = time.perf_counter()
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """Evaluate ``arrays`` and append round ``server_round`` to the log."""
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        result = evaluate(self.model, self.loader)
+        now = time.perf_counter()
+        row = self._row(server_round, result.accuracy, result.loss, now - self._last)
+        self._last = now
+        self.rows = [r for r in self.rows if r["round"] != server_round] + [row]
+        write_csv(self.run_dir / "rounds.csv", pd.DataFrame(self.rows, columns=list(ROUND_COLUMNS)))
+        write_csv(self.run_dir / "clients.csv", self.traffic.to_frame()[list(CLIENT_COLUMNS)])
+        print(_progress_line(row, self.num_rounds), flush=True)
+        if self.on_round is not None:
+            self.on_round(server_round, arrays)
+        return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
+
+    def _row(self, server_round: int, accuracy: float, loss: float, seconds: float) -> dict[str, object]:
+        per_round = self.traffic.per_round().set_index("server_round")
+        if server_round in per_round.index:
+            t = per_round.loc[server_round]
+            up, down = int(t["bytes_up"]), int(t["bytes_down"])
+            payload_up, payload_down = int(t["payload_bytes_up"]), int(t["payload_bytes_down"])
+            dense_up, dense_down = int(t["dense_equivalent_bytes_up"]), int(t["dense_equivalent_bytes_down"])
+        else:
+            up = down = payload_up = payload_down = dense_up = dense_down = 0
+        previous = self.rows[-1] if self.rows else None
+        cum_up = up + (int(previous["cumulative_bytes_up"]) if previous else 0)
+        cum_down = down + (int(previous["cumulative_bytes_down"]) if previous else 0)
+        cum_dense = dense_up + dense_down + (int(previous["cumulative_dense_equivalent_bytes"]) if previous else 0)
+        stats = self.round_stats.get(server_round, RoundStats(phase="initial" if server_round == 0 else "train"))
+        return {
+            "round": server_round,
+            "phase": stats.phase,
+            "accuracy": accuracy,
+            "loss": loss,
+            "bytes_up": up,
+            "bytes_down": down,
+            "bytes_total": up + down,
+            "cumulative_bytes_up": cum_up,
+            "cumulative_bytes_down": cum_down,
+            "cumulative_bytes": cum_up + cum_down,
+            "payload_bytes_up": payload_up,
+            "payload_bytes_down": payload_down,
+            "dense_equivalent_bytes_up": dense_up,
+            "dense_equivalent_bytes_down": dense_down,
+            "cumulative_dense_equivalent_bytes": cum_dense,
+            "mask_density": stats.mask_density,
+            "clients_ok": stats.clients_ok,
+            "clients_failed": stats.clients_failed,
+            "clients_rejected": stats.clients_rejected,
+            "clients_resynced": stats.clients_resynced,
+            "skipped": stats.skipped,
+            "seconds": round(seconds, 3),
+        }
+
+
+def _progress_line(row: dict[str, object], num_rounds: int) -> str:
+    mb = 1e6
+    return (
+        f"[fedfish] round {row['round']}/{num_rounds} {row['phase']:<11} "
+        f"acc={row['accuracy']:.4f} loss={row['loss']:.4f} "
+        f"up={int(row['bytes_up']) / mb:.3f}MB down={int(row['bytes_down']) / mb:.3f}MB "
+        f"total={int(row['cumulative_bytes']) / mb:.2f}MB "
+        f"clients ok/failed/rejected={row['clients_ok']}/{row['clients_failed']}/{row['clients_rejected']} "
+        f"({float(row['seconds']):.1f}s)"
+    )

@@ -1,0 +1,178 @@
+"""FedFish ServerApp: parse the run config, set up the run, start the strategy, save results.
+
+``flwr run .`` calls :func:`main` with ``context.run_config`` (pyproject defaults plus
+``--run-config`` overrides); scripted runs call :func:`run_federation` directly.
+"""
+
+from __future__ import annotations
+
+from logging import INFO
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from fedfish import codec
+from fedfish.accounting import TrafficLog
+from fedfish.data import DATASETS, load_images
+from fedfish.fisher import diagonal_fisher
+from fedfish.layout import ParamLayout, load_flat_params
+from fedfish.masks import saliency_scores
+from fedfish.models import build_model, head_names
+from simulations.config import ConfigError, RunConfig
+from simulations.recorder import RoundRecorder
+from simulations.results import save_state_dict, write_bytes, write_json
+from strategies.fedavg import CountingFedAvg
+from strategies.fedfish import FedFish
+from strategies.metering import MeteredGrid
+
+app = ServerApp()
+
+# Run-config keys every client needs; the server sends them in each message so that a
+# ClientApp needs no run config of its own (scripted simulations have none).
+CLIENT_KEYS = (
+    "model", "dataset", "data-root", "partitioner", "alpha", "classes-per-partition", "num-partitions",
+    "samples-per-client", "seed", "local-epochs", "batch-size", "lr", "optimizer", "momentum",
+    "weight-decay", "fisher-type", "fisher-samples", "fisher-label-samples", "fisher-upload",
+    "fisher-upload-density", "fault-fail-fraction", "fault-forget-state",
+)
+MASK_SOURCE_OF = {
+    "fedfish": "fisher", "saliency": "saliency", "magnitude": "magnitude",
+    "random-fixed": "random-fixed", "random-per-round": "random-per-round", "topk-ef": "fisher",
+}
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point of ``flwr run``."""
+    run_federation(grid, RunConfig.from_mapping(context.run_config))
+
+
+def run_federation(grid: Grid, cfg: RunConfig) -> Path:
+    """Run a whole federation on ``grid``; returns the results folder."""
+    torch.manual_seed(cfg.seed)
+    model = initial_model(cfg)
+    layout = ParamLayout.of(model)
+    run_dir = Path(cfg.results_dir) / cfg.run_name
+    traffic = TrafficLog()
+    metered = MeteredGrid(grid, traffic, model_bytes=4 * layout.num_params)
+    num_train = len(load_images(cfg.dataset, "train", cfg.data_root or None)[1])
+    strategy = build_strategy(cfg, model, max_examples=num_train)
+    test_x, test_y = load_images(cfg.dataset, "test", cfg.data_root or None)
+    if cfg.eval_samples:
+        test_x, test_y = test_x[: cfg.eval_samples], test_y[: cfg.eval_samples]
+    write_json(run_dir / "config.json", _run_info(cfg, layout))
+    recorder = RoundRecorder(
+        build_model(cfg.model, _num_classes(cfg)), (test_x, test_y), traffic,
+        strategy.round_stats, run_dir, cfg.num_server_rounds,
+    )
+    log(INFO, "FedFish run %r: strategy=%s, %d parameters, results in %s",
+        cfg.run_name, cfg.strategy, layout.num_params, run_dir)
+    result = strategy.start(
+        grid=metered,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=cfg.num_server_rounds,
+        timeout=cfg.round_timeout,
+        train_config=ConfigRecord(client_config(cfg)),
+        evaluate_config=ConfigRecord(client_config(cfg)),
+        evaluate_fn=recorder,
+    )
+    _save_final(run_dir, cfg, layout, result.arrays, strategy)
+    return run_dir
+
+
+def initial_model(cfg: RunConfig) -> torch.nn.Module:
+    """The model to start from: fresh (seeded) or ``initial-model`` (a saved state_dict)."""
+    model = build_model(cfg.model, _num_classes(cfg))
+    if cfg.initial_model:
+        path = Path(cfg.initial_model)
+        if not path.is_file():
+            raise ConfigError(f"initial-model: no such file {str(path)!r}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ConfigError(f"initial-model: {path} does not fit model {cfg.model!r}: {err}") from err
+    return model
+
+
+def client_config(cfg: RunConfig) -> dict[str, int | float | str | bool]:
+    """The subset of the run config that clients need."""
+    mapping = cfg.to_mapping()
+    return {key: mapping[key] for key in CLIENT_KEYS}
+
+
+def build_strategy(cfg: RunConfig, model: torch.nn.Module, *, max_examples: int) -> Strategy:
+    """The strategy named by ``cfg.strategy``; every one exposes ``round_stats``."""
+    if cfg.strategy == "fedavg":
+        return CountingFedAvg(
+            fraction_train=cfg.fraction_train,
+            fraction_evaluate=cfg.fraction_evaluate,
+            min_train_nodes=1,
+            min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0,
+            min_available_nodes=1,
+        )
+    layout = ParamLayout.of(model)
+    return FedFish(
+        layout=layout,
+        head=layout.indicator(head_names(model)),
+        client_config=client_config(cfg),
+        mask_source=MASK_SOURCE_OF[cfg.strategy],
+        update="topk-ef" if cfg.strategy == "topk-ef" else "values",
+        density=cfg.density,
+        mask_scope=cfg.mask_scope,
+        warmup_rounds=cfg.warmup_rounds,
+        mask_refresh=cfg.mask_refresh,
+        value_dtype=cfg.value_dtype,
+        fisher_source=cfg.fisher_source,
+        server_scores_fn=server_scores_fn(cfg, model) if cfg.fisher_source == "server" else None,
+        fraction_train=cfg.fraction_train,
+        fraction_evaluate=cfg.fraction_evaluate,
+        min_replies=cfg.min_replies,
+        max_examples=max_examples,
+        round_timeout=cfg.round_timeout,
+        seed=cfg.seed,
+    )
+
+
+def server_scores_fn(cfg: RunConfig, model: torch.nn.Module):  # noqa: ANN201 - returns a closure
+    """Fisher (or saliency) scores on the server's proxy set: ``server-samples`` training
+    examples drawn with the run's seed. No client traffic."""
+    x, y = load_images(cfg.dataset, "train", cfg.data_root or None)
+    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.server_samples]
+    proxy_x, proxy_y = x[pick], y[pick]
+    scratch = build_model(cfg.model, _num_classes(cfg))
+
+    def scores(flat: torch.Tensor) -> torch.Tensor:
+        load_flat_params(scratch, flat)
+        if cfg.strategy == "saliency":
+            scratch.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(scratch(proxy_x), proxy_y).backward()
+            grads = torch.cat([p.grad.reshape(-1) for p in scratch.parameters()])
+            return saliency_scores(grads, flat)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        return diagonal_fisher(scratch, proxy_x, proxy_y, cfg.fisher_type,
+                               num_label_samples=cfg.fisher_label_samples, generator=generator)
+
+    return scores
+
+
+def _num_classes(cfg: RunConfig) -> int:
+    return DATASETS[cfg.dataset].num_classes
+
+
+def _run_info(cfg: RunConfig, layout: ParamLayout) -> dict[str, object]:
+    return {"config": cfg.to_mapping(), "num_params": layout.num_params, "seed": cfg.seed}
+
+
+def _save_final(run_dir: Path, cfg: RunConfig, layout: ParamLayout, arrays: ArrayRecord, strategy: Strategy) -> None:
+    save_state_dict(run_dir / "model.pt", arrays.to_torch_state_dict())
+    info = _run_info(cfg, layout)
+    mask = getattr(strategy, "mask", None)
+    if mask is not None:
+        write_bytes(run_dir / "mask.bin", codec.encode_mask(mask))
+        info |= {"mask_digest": mask.digest, "mask_version": mask.version, "mask_k": mask.k}
+    write_json(run_dir / "config.json", info)

@@ -1,0 +1,537 @@
+"""FedFish: federated training of a fixed sparse (FISH) mask, and its sparse baselines.
+
+One strategy class serves every sparse method so they share sampling, the sync
+protocol, validation and accounting; what differs is where the mask comes from
+(``mask_source``) and what clients send back (``update``):
+
+============================  ===============  =====================================
+run-config ``strategy``        mask_source      update
+============================  ===============  =====================================
+fedfish                        fisher           values under the mask
+saliency                       saliency         values under the mask
+magnitude                      magnitude        values under the mask
+random-fixed                   random-fixed     values under the mask
+random-per-round               random-per-round values under a new random mask/round
+topk-ef                        (none)           top-k delta with error feedback
+============================  ===============  =====================================
+
+Phases: ``warmup`` (dense rounds), ``calibration`` (clients compute Fisher/saliency
+scores; server-side sources need no traffic), then masked rounds; the mask is rebuilt
+every ``mask_refresh`` rounds (0 = fixed). Downlinks send a node only what it lacks
+(:class:`fedfish.sync.ChangeHistory`): the dense base once, then only the values that
+changed since the model version it acknowledged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+from flwr.supercore import log
+
+from fedfish import codec
+from fedfish.layout import ParamLayout
+from fedfish.masks import Mask, per_layer_top_k_mask, random_mask, top_k_mask
+from fedfish.sync import ChangeHistory
+from strategies import records
+from strategies.replies import ReplyBatch, check_replies
+
+MASK_SOURCES = ("fisher", "saliency", "magnitude", "random-fixed", "random-per-round")
+UPDATES = ("values", "topk-ef")
+
+
+@dataclass
+class RoundStats:
+    """What happened in one round, for ``rounds.csv``."""
+
+    phase: str = "train"
+    mask_density: float = 1.0
+    clients_ok: int = 0
+    clients_failed: int = 0
+    clients_rejected: int = 0
+    clients_resynced: int = 0
+    skipped: bool = False
+    rejections: list[tuple[int, str]] = field(default_factory=list)
+
+
+class FedFish(Strategy):
+    """Sparse federated training with a shared mask and exact delta sync.
+
+    Parameters
+    ----------
+    layout : ParamLayout
+        Flat parameter order of the model (keys of the ArrayRecord are its names).
+    head : torch.Tensor
+        Bool ``(P,)``: the classifier head, always inside every mask.
+    client_config : dict[str, int | float | str | bool]
+        Settings every client needs (data, model, local training); copied into each message.
+    mask_source : str (default: "fisher")
+        One of ``MASK_SOURCES``; ignored for ``update="topk-ef"``.
+    update : str (default: "values")
+        ``values`` (masked parameter values) or ``topk-ef`` (top-k deltas, error feedback).
+    density : float (default: 0.05)
+        Fraction of parameters in the mask, or kept by top-k, in (0, 1].
+    mask_scope : str (default: "global")
+        ``global`` top-k over all parameters or ``per-layer`` top-k.
+    warmup_rounds : int (default: 0)
+        Dense rounds before the first mask.
+    mask_refresh : int (default: 0)
+        Rebuild the mask every this many masked rounds; 0 keeps it fixed.
+    value_dtype : str (default: "fp32")
+        Dtype of uplink values; downlinks are always fp32 so clients hold the exact global model.
+    fisher_source : str (default: "client")
+        ``client`` (sampled clients send scores; bytes counted) or ``server`` (``server_scores_fn``).
+    server_scores_fn : Callable[[torch.Tensor], torch.Tensor] | None (default: None)
+        Scores (P,) of a flat global model on the server's proxy data, for ``fisher_source="server"``.
+    fraction_train, fraction_evaluate : float (default: 1.0, 0.0)
+        Fraction of connected nodes sampled per round.
+    min_replies : int (default: 1)
+        Valid replies needed to update the model; with fewer the round is skipped.
+    min_available_nodes : int (default: 1)
+        Wait for this many connected nodes before sampling.
+    max_examples : int | None (default: None)
+        Largest credible ``num-examples`` in a reply.
+    round_timeout : float (default: 3600)
+        Seconds to wait for calibration replies.
+    seed : int (default: 0)
+        Seed of random masks.
+    """
+
+    def __init__(  # noqa: PLR0913 - a strategy is configured by keyword, like Flower's
+        self,
+        *,
+        layout: ParamLayout,
+        head: torch.Tensor,
+        client_config: dict[str, int | float | str | bool],
+        mask_source: str = "fisher",
+        update: str = "values",
+        density: float = 0.05,
+        mask_scope: str = "global",
+        warmup_rounds: int = 0,
+        mask_refresh: int = 0,
+        value_dtype: str = "fp32",
+        fisher_source: str = "client",
+        server_scores_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 0.0,
+        min_replies: int = 1,
+        min_available_nodes: int = 1,
+        max_examples: int | None = None,
+        round_timeout: float = 3600.0,
+        seed: int = 0,
+    ) -> None:
+        _check_choice("mask_source", mask_source, MASK_SOURCES)
+        _check_choice("update", update, UPDATES)
+        _check_choice("mask_scope", mask_scope, ("global", "per-layer"))
+        _check_choice("value_dtype", value_dtype, codec.VALUE_DTYPES)
+        _check_choice("fisher_source", fisher_source, ("client", "server"))
+        if not 0.0 < density <= 1.0:
+            raise ValueError(f"FedFish: density must be in (0, 1], got {density}")
+        if not 0.0 < fraction_train <= 1.0:
+            raise ValueError(f"FedFish: fraction_train must be in (0, 1], got {fraction_train}")
+        if not 0.0 <= fraction_evaluate <= 1.0:
+            raise ValueError(f"FedFish: fraction_evaluate must be in [0, 1], got {fraction_evaluate}")
+        if warmup_rounds < 0 or mask_refresh < 0 or min_replies < 1:
+            raise ValueError(
+                "FedFish: warmup_rounds and mask_refresh must be >= 0 and min_replies >= 1, got "
+                f"{warmup_rounds}, {mask_refresh}, {min_replies}"
+            )
+        if head.dtype != torch.bool or head.shape != (layout.num_params,):
+            raise ValueError(f"FedFish: head must be a bool vector of {layout.num_params} entries")
+        needs_server_fn = fisher_source == "server" and mask_source in ("fisher", "saliency")
+        if needs_server_fn and server_scores_fn is None and update == "values":
+            raise ValueError("FedFish: fisher_source='server' needs server_scores_fn")
+        self.layout = layout
+        self.head = head
+        self.client_config = dict(client_config)
+        self.mask_source = mask_source
+        self.update = update
+        self.density = density
+        self.mask_scope = mask_scope
+        self.warmup_rounds = warmup_rounds
+        self.mask_refresh = mask_refresh
+        self.value_dtype = value_dtype
+        self.fisher_source = fisher_source
+        self.server_scores_fn = server_scores_fn
+        self.fraction_train = fraction_train
+        self.fraction_evaluate = fraction_evaluate
+        self.min_replies = min_replies
+        self.min_available_nodes = min_available_nodes
+        self.max_examples = max_examples
+        self.round_timeout = round_timeout
+        self.seed = seed
+
+        self.history = ChangeHistory(layout.num_params)
+        self.mask: Mask | None = None
+        self.mask_seed: int | None = None  # set when the mask is a seeded random one
+        self.mask_built_round = 0
+        self.held_model: dict[int, int] = {}  # node -> model version it acknowledged
+        self.held_mask: dict[int, int] = {}  # node -> mask version it acknowledged
+        self.round_stats: dict[int, RoundStats] = {}
+        self._global: torch.Tensor | None = None
+        self._arrays: ArrayRecord | None = None
+        self._train_nodes: list[int] = []
+        self._payload_cache: dict[tuple[object, ...], bytes] = {}
+
+    # ------------------------------------------------------------------ summary
+    def summary(self) -> None:
+        """Log the configuration."""
+        log(INFO, "\t├──> FedFish: update=%s mask_source=%s density=%.4f scope=%s",
+            self.update, self.mask_source, self.density, self.mask_scope)
+        log(INFO, "\t├──> warm-up rounds=%d, mask refresh=%d, value dtype=%s, fisher source=%s",
+            self.warmup_rounds, self.mask_refresh, self.value_dtype, self.fisher_source)
+        log(INFO, "\t└──> fraction train=%.2f evaluate=%.2f, min replies=%d",
+            self.fraction_train, self.fraction_evaluate, self.min_replies)
+
+    # ------------------------------------------------------------------ train
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample nodes, (re)build the mask if due, and send each node what it lacks."""
+        self._set_global(arrays)
+        stats = self.round_stats.setdefault(server_round, RoundStats())
+        nodes = self._sample(grid, self.fraction_train)
+        self._train_nodes = nodes
+        phase = "warmup" if self._is_dense_round(server_round) else "train"
+        stats.phase = phase
+        if phase == "train" and self.update == "values" and self._mask_due(server_round):
+            stats.phase = "calibration"
+            if not self._build_mask(server_round, nodes, grid):
+                log(WARNING, "Round %d: calibration failed; no training this round", server_round)
+                stats.skipped = True
+                return []
+        stats.mask_density = self._round_density(phase)
+        task_config = dict(config) | self.client_config | {
+            "server-round": server_round,
+            "task": "train",
+            "update": "dense" if phase == "warmup" else self._client_update(),
+            "value-dtype": self.value_dtype,
+            "density": self.density,
+        }
+        return [
+            Message(
+                content=self._downlink(node, task_config, server_round, warmup=phase == "warmup"),
+                message_type=MessageType.TRAIN,
+                dst_node_id=node,
+            )
+            for node in nodes
+        ]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate replies, average the valid ones and rebuild the dense model."""
+        stats = self.round_stats.setdefault(server_round, RoundStats())
+        dense = self._is_dense_round(server_round)
+        batch = check_replies(
+            replies,
+            decode=self._decoder(dense),
+            max_examples=self.max_examples,
+            max_model_version=self.history.version,
+        )
+        self._note_acks(batch)
+        stats.clients_ok = len(batch.accepted)
+        stats.clients_failed = batch.failed
+        stats.clients_rejected = len(batch.rejected)
+        stats.clients_resynced = batch.need_base
+        stats.rejections = list(batch.rejected)
+        if len(batch.accepted) < self.min_replies:
+            log(WARNING, "Round %d skipped: %d valid replies, %d needed; global model unchanged",
+                server_round, len(batch.accepted), self.min_replies)
+            stats.skipped = True
+            return None, batch.metrics()
+        new_global, changed = self._apply(batch, dense)
+        self.history.record(changed)
+        self._global = new_global
+        self._arrays = self._to_arrays(new_global)
+        return self._arrays, batch.metrics()
+
+    # ------------------------------------------------------------------ evaluate
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Client-side evaluation of the current model (off when fraction_evaluate is 0)."""
+        if self.fraction_evaluate == 0.0:
+            return []
+        self._set_global(arrays)
+        nodes = self._sample(grid, self.fraction_evaluate)
+        task_config = dict(config) | self.client_config | {"server-round": server_round, "task": "evaluate"}
+        return [
+            Message(
+                content=self._downlink(node, task_config, server_round, phase="evaluate"),
+                message_type=MessageType.EVALUATE,
+                dst_node_id=node,
+            )
+            for node in nodes
+        ]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Sample-weighted evaluation metrics of the valid replies."""
+        batch = check_replies(
+            replies, decode=None, max_examples=self.max_examples, max_model_version=self.history.version
+        )
+        self._note_acks(batch)
+        return batch.metrics() if batch.accepted else None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, object]:
+        """Server-side strategy state, for checkpoints."""
+        return {
+            "history": self.history.state_dict(),
+            "mask": None if self.mask is None else (self.mask.bits.clone(), self.mask.version),
+            "mask_seed": self.mask_seed,
+            "mask_built_round": self.mask_built_round,
+            "held_model": dict(self.held_model),
+            "held_mask": dict(self.held_mask),
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self.history = ChangeHistory.from_state_dict(state["history"])  # type: ignore[arg-type]
+        mask = state["mask"]
+        self.mask = None if mask is None else Mask(bits=mask[0], version=mask[1])  # type: ignore[index]
+        self.mask_seed = state["mask_seed"]  # type: ignore[assignment]
+        self.mask_built_round = int(state["mask_built_round"])  # type: ignore[arg-type]
+        self.held_model = dict(state["held_model"])  # type: ignore[arg-type]
+        self.held_mask = dict(state["held_mask"])  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ helpers
+    def _is_dense_round(self, server_round: int) -> bool:
+        return server_round <= self.warmup_rounds
+
+    def _client_update(self) -> str:
+        return "topk-ef" if self.update == "topk-ef" else "values"
+
+    def _round_density(self, phase: str) -> float:
+        if phase == "warmup":
+            return 1.0
+        if self.update == "topk-ef":
+            return self.density
+        return self.mask.density if self.mask is not None else 1.0
+
+    def _mask_due(self, server_round: int) -> bool:
+        if self.mask is None or self.mask_source == "random-per-round":
+            return True
+        if self.mask_refresh == 0:
+            return False
+        return server_round - self.mask_built_round >= self.mask_refresh
+
+    def _set_global(self, arrays: ArrayRecord) -> None:
+        if arrays is self._arrays and self._global is not None:
+            return
+        state = arrays.to_torch_state_dict()
+        missing = [n for n in self.layout.names if n not in state]
+        if missing:
+            raise ValueError(f"FedFish: the global ArrayRecord lacks parameters {missing}")
+        self._global = torch.cat([state[n].reshape(-1).float() for n in self.layout.names])
+        self._arrays = arrays
+        self._payload_cache.clear()
+
+    def _to_arrays(self, flat: torch.Tensor) -> ArrayRecord:
+        state = self._arrays.to_torch_state_dict() if self._arrays is not None else {}
+        for name, tensor in zip(self.layout.names, self.layout.split(flat), strict=True):
+            state[name] = tensor.clone()
+        self._payload_cache.clear()
+        return ArrayRecord(state)
+
+    def _sample(self, grid: Grid, fraction: float) -> list[int]:
+        total = len(list(grid.get_node_ids()))
+        size = max(int(total * fraction), 1)
+        nodes, _ = sample_nodes(grid, self.min_available_nodes, size)
+        return sorted(nodes)
+
+    def _next_mask_version(self) -> int:
+        return 1 if self.mask is None else self.mask.version + 1
+
+    def _build_mask(self, server_round: int, nodes: list[int], grid: Grid) -> bool:
+        """Make the next mask; returns False when calibration got no usable scores."""
+        version = self._next_mask_version()
+        global_params = self._current()
+        if self.mask_source in ("random-fixed", "random-per-round"):
+            self.mask_seed = self.seed * 1_000_003 + version
+            self.mask = random_mask(
+                self.layout.num_params, self.density, seed=self.mask_seed,
+                always_include=self.head, version=version,
+            )
+        else:
+            if self.mask_source == "magnitude":
+                scores = global_params.abs()
+            elif self.fisher_source == "server":
+                scores = self.server_scores_fn(global_params)  # type: ignore[misc]
+            else:
+                scores = self._client_scores(server_round, nodes, grid)
+                if scores is None:
+                    return False
+            self.mask_seed = None
+            self.mask = self._mask_from_scores(scores, version)
+        self.mask_built_round = server_round
+        log(INFO, "Round %d: mask v%d from %s, k=%d (density %.4f)",
+            server_round, version, self.mask_source, self.mask.k, self.mask.density)
+        return True
+
+    def _mask_from_scores(self, scores: torch.Tensor, version: int) -> Mask:
+        if self.mask_scope == "per-layer":
+            return per_layer_top_k_mask(scores, self.layout, self.density, always_include=self.head, version=version)
+        return top_k_mask(scores, self.density, always_include=self.head, version=version)
+
+    def _client_scores(self, server_round: int, nodes: list[int], grid: Grid) -> torch.Tensor | None:
+        """Calibration exchange: sampled clients send Fisher (or saliency) scores."""
+        task_config = self.client_config | {
+            "server-round": server_round,
+            "task": "saliency" if self.mask_source == "saliency" else "fisher",
+        }
+        messages = [
+            Message(
+                content=self._downlink(node, task_config, server_round, phase="calibration", with_mask=False),
+                message_type=MessageType.QUERY,
+                dst_node_id=node,
+            )
+            for node in nodes
+        ]
+        replies = grid.send_and_receive(messages, timeout=self.round_timeout)
+        batch = check_replies(replies, decode=self._decode_scores, max_examples=self.max_examples,
+                              required_payloads=("scores",), max_model_version=self.history.version)
+        self._note_acks(batch)
+        stats = self.round_stats[server_round]
+        stats.rejections.extend(batch.rejected)
+        if not batch.accepted:
+            return None
+        total = sum(r.num_examples for r, _ in batch.accepted)
+        # Each client's scores are a mean over its samples: weight by sample count.
+        return sum(scores * (r.num_examples / total) for r, scores in batch.accepted)  # type: ignore[return-value]
+
+    def _decode_scores(self, reply: records.Reply) -> torch.Tensor:
+        payload = reply.payloads["scores"]
+        if codec.parse_header(payload).kind == codec.Kind.SPARSE:
+            indices, values = codec.decode_sparse(payload, self.layout.num_params)
+            if (values < 0).any():
+                raise codec.CodecError("scores must be non-negative")
+            return torch.zeros(self.layout.num_params).index_put_((indices,), values)
+        scores = codec.decode_dense(payload, self.layout.num_params)
+        if (scores < 0).any():
+            raise codec.CodecError("scores must be non-negative")
+        return scores
+
+    def _decoder(self, dense: bool) -> Callable[[records.Reply], torch.Tensor]:
+        num_params = self.layout.num_params
+
+        def decode(reply: records.Reply) -> torch.Tensor:
+            payload = reply.payloads["update"]
+            if dense:
+                return codec.decode_dense(payload, num_params)
+            if self.update == "topk-ef":
+                indices, values = codec.decode_sparse(payload, num_params)
+                return torch.zeros(num_params).index_put_((indices,), values)
+            return codec.decode_values(payload, self._current_mask())
+
+        return decode
+
+    def _apply(self, batch: ReplyBatch, dense: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """New global model and the positions it changed (None = all)."""
+        total = sum(r.num_examples for r, _ in batch.accepted)
+        average = sum(update * (r.num_examples / total) for r, update in batch.accepted)
+        old = self._current()
+        if dense:
+            return average.clone(), None  # type: ignore[union-attr]
+        if self.update == "topk-ef":
+            changed = torch.zeros(self.layout.num_params, dtype=torch.bool)
+            for _, update in batch.accepted:
+                changed |= update != 0
+            return old + average, changed  # type: ignore[operator]
+        mask = self._current_mask()
+        new = old.clone()
+        new[mask.bits] = average  # type: ignore[index]
+        return new, mask.bits
+
+    def _note_acks(self, batch: ReplyBatch) -> None:
+        for node in batch.lost_state:
+            self.held_model.pop(node, None)
+            self.held_mask.pop(node, None)
+        for reply, _ in batch.accepted:
+            self.held_model[reply.node_id] = reply.model_version
+            if reply.mask_version >= 0:
+                self.held_mask[reply.node_id] = reply.mask_version
+
+    def _current(self) -> torch.Tensor:
+        if self._global is None:
+            raise RuntimeError("FedFish: no global model yet (configure_train not called)")
+        return self._global
+
+    def _current_mask(self) -> Mask:
+        if self.mask is None:
+            raise RuntimeError("FedFish: no mask yet")
+        return self.mask
+
+    def _downlink(
+        self,
+        node: int,
+        task_config: dict[str, int | float | str | bool],
+        server_round: int,
+        *,
+        phase: str | None = None,
+        warmup: bool = False,
+        with_mask: bool = True,
+    ) -> records.RecordDict:
+        """One node's message: its sync payloads, the mask if it lacks it, and the config."""
+        plan = self.history.plan(self.held_model.get(node))
+        payloads: dict[str, bytes] = {}
+        config = dict(task_config) | {
+            "model-version": self.history.version,
+            "base-version": self.held_model.get(node, -1),
+        }
+        mask = self.mask if (with_mask and not warmup and self.update == "values") else None
+        sends_mask = False
+        if mask is not None:
+            config["mask-version"] = mask.version
+            if self.mask_seed is not None:
+                config["mask-seed"] = self.mask_seed
+            elif self.held_mask.get(node) != mask.version:
+                payloads["mask"] = self._cached(("mask", mask.version), lambda: codec.encode_mask(mask))
+                sends_mask = True
+        sync = plan.kind
+        if plan.kind == "delta":
+            positions = plan.positions
+            if mask is not None and torch.equal(positions, mask.bits):
+                sync = "delta-mask"
+                payloads["model-values"] = self._cached(
+                    ("values", mask.version, plan.kind),
+                    lambda: codec.encode_values(self._current()[mask.bits], mask, "fp32"),
+                )
+            else:
+                key = ("delta", self.held_model.get(node))
+                position_mask = Mask(bits=positions)
+                encoded_positions = self._cached(key + ("positions",), lambda: codec.encode_mask(position_mask))
+                if len(encoded_positions) + 4 * position_mask.k >= 4 * self.layout.num_params:
+                    sync = "full"
+                else:
+                    payloads["model-positions"] = encoded_positions
+                    payloads["model-values"] = self._cached(
+                        key + ("values",),
+                        lambda: codec.encode_values(self._current()[positions], position_mask, "fp32"),
+                    )
+        if sync == "full":
+            payloads["model-dense"] = self._cached(("dense",), lambda: codec.encode_dense(self._current(), "fp32"))
+        config["sync"] = sync
+        if phase is None:
+            one_time = sends_mask or sync == "full"
+            phase = "warmup" if warmup else ("mask" if one_time else "train")
+        config["phase"] = phase
+        return records.downlink(config, payloads)
+
+    def _cached(self, key: tuple[object, ...], make: Callable[[], bytes]) -> bytes:
+        # Nodes in the same situation get byte-identical payloads: encode once per model version.
+        full_key = (self.history.version,) + key
+        if full_key not in self._payload_cache:
+            self._payload_cache[full_key] = make()
+        return self._payload_cache[full_key]
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"FedFish: {name} must be one of {list(allowed)}, got {value!r}")

@@ -1,0 +1,161 @@
+"""One byte-accounting path for every strategy: a Grid that measures what crosses it.
+
+:class:`MeteredGrid` wraps the Grid handed to a ServerApp. Whatever a strategy sends or
+receives through it (training, evaluation, calibration queries; FedFish or Flower's own
+FedAvg) is measured once, as Flower serializes the Message (``flwr.common.serde``),
+and appended to a :class:`fedfish.accounting.TrafficLog`. Strategies therefore never
+count bytes themselves, and no strategy can forget to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import Message, MessageType
+from flwr.common.serde import message_to_proto
+from flwr.supercore.run import Run
+from flwr.serverapp import Grid
+
+from fedfish.accounting import TrafficLog, TrafficRecord
+from strategies.records import CONFIG
+
+_PHASE_OF_TYPE = {
+    MessageType.TRAIN: "train",
+    MessageType.EVALUATE: "evaluate",
+    MessageType.QUERY: "calibration",
+}
+
+
+def wire_bytes(message: Message) -> int:
+    """Size of ``message`` (metadata + content or error) as Flower serializes it."""
+    return message_to_proto(message).ByteSize()
+
+
+def payload_bytes(message: Message) -> int:
+    """Bytes of model-carrying payloads: codec payloads and ArrayRecord array data."""
+    if not message.has_content():
+        return 0
+    content = message.content
+    total = sum(len(a.data) for record in content.array_records.values() for a in record.values())
+    for record in content.config_records.values():
+        total += sum(len(v) for v in record.values() if isinstance(v, bytes))
+    return total
+
+
+def _round_and_phase(message: Message) -> tuple[int, str]:
+    server_round, phase = 0, _PHASE_OF_TYPE.get(message.metadata.message_type, "train")
+    if message.has_content():
+        for name, record in message.content.config_records.items():
+            if "server-round" in record:
+                server_round = int(record["server-round"])  # type: ignore[arg-type]
+            if name == CONFIG and "phase" in record:
+                phase = str(record["phase"])
+    return server_round, phase
+
+
+class MeteredGrid(Grid):
+    """A Grid that logs every message it carries; otherwise it is ``grid``.
+
+    Parameters
+    ----------
+    grid : Grid
+        The real Grid (simulation or deployment).
+    traffic : TrafficLog
+        Where records go, one per message and direction.
+    model_bytes : int
+        Dense fp32 size of the model in bytes: the dense-equivalent of any message that
+        carries a model or a per-parameter vector (all but evaluation replies).
+    """
+
+    def __init__(self, grid: Grid, traffic: TrafficLog, model_bytes: int) -> None:
+        self._grid = grid
+        self.traffic = traffic
+        self.model_bytes = model_bytes
+        # message id -> (server round, phase, message type) of outstanding instructions
+        self._sent: dict[str, tuple[int, str, str]] = {}
+
+    # --- delegation --------------------------------------------------------------
+    def set_run(self, run: Run) -> None:
+        """Set the run on the wrapped grid."""
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        """Run information of the wrapped grid."""
+        return self._grid.run
+
+    def create_message(
+        self,
+        content,  # noqa: ANN001 - signature of Grid.create_message
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """Create a message on the wrapped grid."""
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Connected nodes of the wrapped grid."""
+        return self._grid.get_node_ids()
+
+    # --- metered paths -----------------------------------------------------------
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Push and log each message (downlink)."""
+        messages = list(messages)
+        ids = list(self._grid.push_messages(messages))
+        self._log_sent(messages)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Pull and log each reply (uplink)."""
+        replies = list(self._grid.pull_messages(message_ids))
+        self._log_replies(replies)
+        return replies
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Send, wait for replies and log both directions."""
+        messages = list(messages)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self._log_sent(messages)
+        self._log_replies(replies)
+        # Instructions that got no reply stay unanswered: forget them.
+        for m in messages:
+            self._sent.pop(m.metadata.message_id, None)
+        return replies
+
+    def _log_sent(self, messages: list[Message]) -> None:
+        for m in messages:
+            server_round, phase = _round_and_phase(m)
+            self._sent[m.metadata.message_id] = (server_round, phase, m.metadata.message_type)
+            self.traffic.add(
+                TrafficRecord(
+                    server_round=server_round,
+                    phase=phase,
+                    direction="down",
+                    node_id=int(m.metadata.dst_node_id),
+                    wire_bytes=wire_bytes(m),
+                    payload_bytes=payload_bytes(m),
+                    dense_equivalent_bytes=self.model_bytes,
+                )
+            )
+
+    def _log_replies(self, replies: list[Message]) -> None:
+        for r in replies:
+            server_round, phase, message_type = self._sent.pop(
+                r.metadata.reply_to_message_id, (0, "train", r.metadata.message_type)
+            )
+            carries_vector = message_type != MessageType.EVALUATE and not r.has_error()
+            self.traffic.add(
+                TrafficRecord(
+                    server_round=server_round,
+                    phase=phase,
+                    direction="up",
+                    node_id=int(r.metadata.src_node_id),
+                    wire_bytes=wire_bytes(r),
+                    payload_bytes=payload_bytes(r),
+                    dense_equivalent_bytes=self.model_bytes if carries_vector else 0,
+                )
+            )

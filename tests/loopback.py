@@ -1,0 +1,92 @@
+"""An in-process Grid for fast strategy tests: real messages, real ClientApp code, no Ray.
+
+``LoopbackGrid`` delivers each Message to ``simulations.client_app`` in the same process,
+with one persistent ``Context`` per node (so node state survives across rounds exactly
+as on a SuperNode). Client exceptions become error replies, as Flower does. The real
+Ray simulation and SuperLink/SuperNode paths are covered by the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.supercore.run import Run
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity  # the only way to build Messages outside an app
+
+from simulations import client_app
+
+Handler = Callable[[Message, Context], Message]
+
+
+@contextlib.contextmanager
+def task_identity(run_id: int = 7) -> Iterator[None]:
+    """Let the test process construct instruction Messages, as a running ServerApp can."""
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, 1
+    try:
+        yield
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+class LoopbackGrid(Grid):
+    """Nodes ``1000 + partition id`` running the FedFish ClientApp in this process.
+
+    Parameters
+    ----------
+    num_nodes : int
+        Number of nodes (= partitions).
+    handler : Handler | None (default: None)
+        Replaces the ClientApp (e.g. to corrupt replies); defaults to its dispatcher.
+    """
+
+    def __init__(self, num_nodes: int, handler: Handler | None = None) -> None:
+        self.handler = handler or client_app._handle
+        self.contexts = {
+            1000 + i: Context(
+                run_id=7, node_id=1000 + i,
+                node_config={"partition-id": i, "num-partitions": num_nodes},
+                state=RecordDict(), run_config={},
+            )
+            for i in range(num_nodes)
+        }
+        self.delivered: list[Message] = []
+
+    def set_run(self, run: Run) -> None:  # noqa: D102 - no run to set in-process
+        pass
+
+    @property
+    def run(self) -> Run:  # noqa: D102
+        return Run.create_empty(run_id=7)
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:  # noqa: D102
+        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        raise NotImplementedError("LoopbackGrid only supports send_and_receive")
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        raise NotImplementedError("LoopbackGrid only supports send_and_receive")
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Deliver each message to its node and collect the replies."""
+        replies = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            self.delivered.append(message)
+            context = self.contexts[message.metadata.dst_node_id]
+            try:
+                reply = self.handler(message, context)
+            except Exception as err:  # noqa: BLE001 - a failing ClientApp yields an error reply
+                reply = Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=message)
+            reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            replies.append(reply)
+        return replies

@@ -1,0 +1,209 @@
+"""FedFish strategy through real messages and the real ClientApp, in-process (LoopbackGrid)."""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
+
+from fedfish import codec
+from fedfish.accounting import TrafficLog
+from fedfish.layout import ParamLayout
+from fedfish.masks import Mask
+from fedfish.models import build_model, head_names
+from simulations import client_app
+from simulations.config import RunConfig
+from simulations.server_app import build_strategy, client_config
+from strategies import records
+from strategies.fedfish import FedFish
+from strategies.metering import MeteredGrid, wire_bytes
+from tests.loopback import LoopbackGrid, task_identity
+
+BASE = RunConfig(
+    num_partitions=3, samples_per_client=48, batch_size=16, lr=0.05, fisher_samples=16,
+    partitioner="dirichlet", alpha=0.5, eval_samples=100, seed=3,
+)
+
+
+def run(cfg: RunConfig, rounds: int, grid: LoopbackGrid | None = None):
+    """Run ``cfg``'s strategy for ``rounds`` on a LoopbackGrid; return strategy, grid, log, snapshots."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model)
+    strategy = build_strategy(cfg, model, max_examples=60000)
+    grid = grid or LoopbackGrid(cfg.num_partitions)
+    traffic = TrafficLog()
+    layout = ParamLayout.of(model)
+    snapshots: dict[int, torch.Tensor] = {}
+
+    def snapshot(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        state = arrays.to_torch_state_dict()
+        snapshots[server_round] = torch.cat([state[n].reshape(-1) for n in layout.names])
+        return MetricRecord({})
+
+    with task_identity():
+        strategy.start(
+            grid=MeteredGrid(grid, traffic, model_bytes=4 * layout.num_params),
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=rounds,
+            train_config=ConfigRecord(client_config(cfg)),
+            evaluate_fn=snapshot,
+        )
+    return strategy, grid, traffic, snapshots
+
+
+def test_density_one_equals_flower_fedavg() -> None:
+    # Prepare
+    fedfish_cfg = BASE.replace(strategy="fedfish", density=1.0, warmup_rounds=0)
+    fedavg_cfg = BASE.replace(strategy="fedavg")
+    # Execute
+    _, _, _, fish = run(fedfish_cfg, rounds=2)
+    _, _, _, avg = run(fedavg_cfg, rounds=2)
+    # Assert: same start, and after 2 rounds the same model
+    assert torch.equal(fish[0], avg[0])
+    assert not torch.allclose(avg[2], avg[0])
+    # Float32 sums in a different order: equal up to rounding, not bit for bit.
+    torch.testing.assert_close(fish[2], avg[2], rtol=1e-4, atol=1e-5)
+
+
+def test_unmasked_parameters_never_change_in_masked_rounds() -> None:
+    # Prepare / Execute: 1 warm-up round, then calibration + 2 masked rounds
+    strategy, _, _, snaps = run(BASE.replace(density=0.05, warmup_rounds=1), rounds=3)
+    # Assert
+    mask = strategy.mask
+    assert mask is not None and mask.version == 1
+    assert not torch.equal(snaps[1][~mask.bits], snaps[0][~mask.bits])  # warm-up is dense
+    for r in (2, 3):
+        assert torch.equal(snaps[r][~mask.bits], snaps[1][~mask.bits])
+        assert not torch.equal(snaps[r][mask.bits], snaps[r - 1][mask.bits])
+    head = ParamLayout.of(build_model("cnn")).indicator(head_names(build_model("cnn")))
+    assert bool(mask.bits[head].all())
+
+
+def test_logged_bytes_are_serialized_message_sizes() -> None:
+    # Prepare / Execute
+    strategy, grid, traffic, _ = run(BASE.replace(density=0.05, warmup_rounds=0), rounds=3)
+    frame = traffic.to_frame()
+    # Assert: every delivered message was logged once, at its serialized size
+    down = frame[frame.direction == "down"]
+    assert sorted(down.wire_bytes) == sorted(wire_bytes(m) for m in grid.delivered)
+    assert set(frame.phase) == {"calibration", "mask", "train"}
+    # Steady state: a synced node gets only the masked values, and sends only them
+    k = strategy.mask.k
+    steady = frame[(frame.server_round == 3)]
+    assert (steady.phase == "train").all()
+    assert (steady.payload_bytes == codec.HEADER_SIZE + 4 * k).all()
+    assert (steady.wire_bytes < 1.02 * 4 * k).all()
+    # Round 1 downlinks carry the dense base (calibration) then the mask
+    first = frame[(frame.server_round == 1) & (frame.direction == "down")]
+    assert (first[first.phase == "calibration"].payload_bytes >= 4 * strategy.layout.num_params).all()
+
+
+def test_node_that_lost_state_is_resynced() -> None:
+    # Prepare: partition 1 forgets everything before round 3 (a restart)
+    cfg = BASE.replace(density=0.05, fault_forget_state="1@3")
+    # Execute
+    strategy, grid, _, snaps = run(cfg, rounds=4)
+    # Assert: it answered need-base in round 3, got the dense base in round 4
+    assert strategy.round_stats[3].clients_resynced == 1
+    assert strategy.round_stats[3].clients_ok == 2
+    syncs = {(int(m.content[records.CONFIG]["server-round"]), m.metadata.dst_node_id):
+             m.content[records.CONFIG]["sync"] for m in grid.delivered}
+    assert syncs[(3, 1001)] == "delta-mask"
+    assert syncs[(4, 1001)] == "full"
+    assert syncs[(4, 1000)] == "delta-mask"
+    assert strategy.round_stats[4].clients_ok == 3
+    mask = strategy.mask
+    assert torch.equal(snaps[4][~mask.bits], snaps[1][~mask.bits])
+
+
+def _corrupt(kind: str):
+    """A ClientApp whose node 1002 sends a malformed reply of the given kind in round 2."""
+
+    def handler(message: Message, context):
+        reply = client_app._handle(message, context)
+        cfg = message.content[records.CONFIG]
+        if message.metadata.dst_node_id != 1002 or cfg["server-round"] != 2 or cfg["task"] != "train":
+            return reply
+        if kind == "error":
+            return Message(Error(code=0, reason="client crashed"), reply_to=message)
+        payloads = reply.content[records.PAYLOAD]
+        mask = Mask(bits=codec.decode_mask(_mask_payload(context)).bits, version=int(cfg["mask-version"]))
+        if kind == "wrong-length":
+            payloads["update"] = codec.encode_dense(torch.zeros(10))
+        elif kind == "nan":
+            raw = bytearray(codec.encode_values(torch.zeros(mask.k), mask))
+            raw[codec.HEADER_SIZE + 12: codec.HEADER_SIZE + 16] = np.float32(math.nan).tobytes()
+            payloads["update"] = _reseal(bytes(raw))
+        elif kind == "stale-mask":
+            stale = Mask(bits=mask.bits, version=mask.version + 5)
+            payloads["update"] = codec.encode_values(torch.zeros(mask.k), stale)
+        elif kind == "zero-examples":
+            reply.content[records.METRICS]["num-examples"] = 0
+        elif kind == "missing-payload":
+            del payloads["update"]
+        return reply
+
+    return handler
+
+
+def _mask_payload(context) -> bytes:
+    return context.state.config_records["fedfish-node"]["mask"]
+
+
+def _reseal(payload: bytes) -> bytes:
+    """Recompute the CRC (documented layout: crc32 of header[:36] + body, stored at 36) so
+    that only the finiteness check can catch the payload."""
+    header = bytearray(payload[: codec.HEADER_SIZE])
+    body = payload[codec.HEADER_SIZE:]
+    header[36:40] = zlib.crc32(body, zlib.crc32(bytes(header[:36]))).to_bytes(4, "little")
+    return bytes(header) + body
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("wrong-length", "payload"),
+        ("nan", "finite|NaN|nan"),
+        ("stale-mask", "version"),
+        ("zero-examples", "num-examples"),
+        ("missing-payload", "missing payload"),
+    ],
+)
+def test_malformed_reply_is_dropped_and_model_untouched(kind: str, reason: str) -> None:
+    # Prepare
+    cfg = BASE.replace(density=0.05)
+    # Execute: the same run with node 1002's round-2 reply malformed, and with it failing
+    bad, _, _, bad_snaps = run(cfg, rounds=2, grid=LoopbackGrid(3, _corrupt(kind)))
+    _, _, _, ref_snaps = run(cfg, rounds=2, grid=LoopbackGrid(3, _corrupt("error")))
+    # Assert
+    stats = bad.round_stats[2]
+    assert stats.clients_rejected == 1 and stats.clients_ok == 2
+    node, why = stats.rejections[0]
+    assert node == 1002
+    assert re.search(reason, why), why
+    assert torch.equal(bad_snaps[2], ref_snaps[2])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"density": 0.0}, "density"),
+        ({"density": 1.5}, "density"),
+        ({"mask_source": "oracle"}, "mask_source"),
+        ({"update": "everything"}, "update"),
+        ({"value_dtype": "int8"}, "value_dtype"),
+        ({"fraction_train": 0.0}, "fraction_train"),
+        ({"min_replies": 0}, "min_replies"),
+        ({"fisher_source": "server"}, "server_scores_fn"),
+    ],
+)
+def test_constructor_rejects_bad_arguments(kwargs: dict, match: str) -> None:
+    layout = ParamLayout.of(build_model("cnn"))
+    args = {"layout": layout, "head": torch.zeros(layout.num_params, dtype=torch.bool), "client_config": {}}
+    with pytest.raises(ValueError, match=match):
+        FedFish(**(args | kwargs))
