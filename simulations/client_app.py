@@ -78,7 +78,7 @@ def _handle(msg: Message, context: Context) -> Message:
 
     model = _model(str(cfg["model"]))
     load_flat_params(model, base)
-    x, y = _shard(cfg, partition_id, int(context.node_config.get("num-partitions", cfg["num-partitions"])))
+    x, y = _shard(cfg, context)
     seed = _seed(cfg, partition_id)
     task = str(cfg["task"])
     if task == "train":
@@ -111,7 +111,7 @@ def _handle_fedavg(msg: Message, context: Context) -> Message:
     _inject_faults(cfg, partition_id, context)
     model = _model(str(cfg["model"]))
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-    x, y = _shard(cfg, partition_id, int(context.node_config.get("num-partitions", cfg["num-partitions"])))
+    x, y = _shard(cfg, context)
     if cfg["task"] == "evaluate":
         result = evaluate(model, _loader(x, y, int(cfg["batch-size"]), None))
         metrics = {"num-examples": result.num_examples, "eval-loss": result.loss, "eval-accuracy": result.accuracy}
@@ -272,10 +272,15 @@ def _loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int | None)
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=seed is not None, generator=generator)
 
 
-def _shard(cfg: dict, partition_id: int, num_partitions: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _shard(cfg: dict, context: Context) -> tuple[torch.Tensor, torch.Tensor]:
+    """This node's partition. ``--node-config`` (``partition-id``, ``num-partitions``,
+    ``data-root``) describes the machine's own data and wins over the server's settings."""
+    node = context.node_config
+    num_partitions = int(node.get("num-partitions", cfg["num-partitions"]))
+    root = str(node.get("data-root", cfg["data-root"])) or None
     x, y = load_partition(
-        str(cfg["dataset"]), partition_id, num_partitions, str(cfg["partitioner"]),
-        seed=int(cfg["seed"]), root=str(cfg["data-root"]) or None,
+        str(cfg["dataset"]), int(node["partition-id"]), num_partitions, str(cfg["partitioner"]),
+        seed=int(cfg["seed"]), root=root,
         alpha=float(cfg["alpha"]), classes_per_partition=int(cfg["classes-per-partition"]),
     )
     limit = int(cfg["samples-per-client"])
