@@ -55,6 +55,8 @@ SPLITS: tuple[str, ...] = ("train", "test")
 PARTITIONERS: tuple[str, ...] = ("iid", "dirichlet", "pathological", "shard")
 
 DATA_ENV = "FEDFISH_DATA"
+# Seed of the public held-out split: fixed, so it is the same for every run seed.
+HOLDOUT_SEED = 20210611
 # torchvision's conventional root, relative to the working directory.
 DEFAULT_ROOT = Path("data")
 SYSTEM_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -325,6 +327,7 @@ def load_partition(
     seed: int = 0,
     root: str | Path | None = None,
     split: str = "train",
+    holdout_fraction: float = 0.0,
     **partitioner_kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One partition of a split, normalised like ``load_images``; only it is converted.
@@ -342,6 +345,10 @@ def load_partition(
         Which partition, in [0, num_partitions).
     num_partitions, partitioner, seed, **partitioner_kwargs
         As in ``partition_indices``.
+    holdout_fraction : float, default 0.0
+        Fraction of the split, in [0, 1), set aside as a public split that no
+        partition holds (``holdout_indices``); only the rest is partitioned, and
+        the returned indices refer to the whole split. 0 partitions everything.
 
     Returns
     -------
@@ -355,9 +362,38 @@ def load_partition(
     directory = str(_split_dir(dataset, split, root, allow_download=False))
     images, labels = _cached_arrays(dataset, split, directory)
     kwargs = tuple(sorted(partitioner_kwargs.items()))
-    parts = _cached_partitions(dataset, split, directory, num_partitions, partitioner, seed, kwargs)
+    parts = _cached_partitions(
+        dataset, split, directory, num_partitions, partitioner, seed, kwargs, holdout_fraction
+    )
     index = parts[partition_id]
     return _to_tensors(dataset, images[index], labels[index])
+
+
+def holdout_indices(num_samples: int, fraction: float) -> np.ndarray:
+    """Sorted indices of the public held-out split: ``round(fraction * num_samples)`` samples.
+
+    The draw depends on ``num_samples`` and ``fraction`` only (a fixed generator,
+    ``HOLDOUT_SEED``), never on a run's seed, so a checkpoint pre-trained on it
+    stays disjoint from the clients' data of every seed.
+
+    Parameters
+    ----------
+    num_samples : int
+        Size of the split, >= 0.
+    fraction : float
+        Fraction held out, in [0, 1).
+
+    Returns
+    -------
+    np.ndarray
+        int64, ascending.
+    """
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    count = round(fraction * num_samples)
+    return np.sort(np.random.default_rng(HOLDOUT_SEED).permutation(num_samples)[:count]).astype(np.int64)
 
 
 def label_histogram(
@@ -460,9 +496,15 @@ def _cached_partitions(
     partitioner: str,
     seed: int,
     kwargs: tuple[tuple[str, Any], ...],
+    holdout_fraction: float = 0.0,
 ) -> tuple[np.ndarray, ...]:
     _, labels = _cached_arrays(dataset, split, directory)
-    parts = partition_indices(labels, num_partitions, partitioner, seed=seed, **dict(kwargs))
+    if holdout_fraction == 0.0:
+        parts = partition_indices(labels, num_partitions, partitioner, seed=seed, **dict(kwargs))
+    else:
+        keep = np.setdiff1d(np.arange(labels.shape[0]), holdout_indices(labels.shape[0], holdout_fraction))
+        local = partition_indices(labels[keep], num_partitions, partitioner, seed=seed, **dict(kwargs))
+        parts = [keep[part] for part in local]
     for part in parts:
         part.flags.writeable = False
     return tuple(parts)

@@ -73,7 +73,7 @@ def _handle(msg: Message, context: Context) -> Message:
     except NeedBase:
         context.state.config_records.pop(_NODE, None)
         context.state.array_records.pop(_BASE, None)
-        content = records.uplink(records.STATUS_NEED_BASE, -1, -1, {"num-examples": 0}, {})
+        content = records.uplink(records.STATUS_NEED_BASE, -1, -1, {"num-examples": 0}, {}, partition_id)
         return Message(content, reply_to=msg)
 
     model = _model(str(cfg["model"]))
@@ -99,7 +99,7 @@ def _handle(msg: Message, context: Context) -> Message:
         node["mask-version"] = mask.version
     context.state.config_records[_NODE] = node
     mask_version = int(node.get("mask-version", -1))
-    content = records.uplink(records.STATUS_OK, int(cfg["model-version"]), mask_version, metrics, out)
+    content = records.uplink(records.STATUS_OK, int(cfg["model-version"]), mask_version, metrics, out, partition_id)
     return Message(content, reply_to=msg)
 
 
@@ -115,14 +115,20 @@ def _handle_fedavg(msg: Message, context: Context) -> Message:
     if cfg["task"] == "evaluate":
         result = evaluate(model, _loader(x, y, int(cfg["batch-size"]), None))
         metrics = {"num-examples": result.num_examples, "eval-loss": result.loss, "eval-accuracy": result.accuracy}
-        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+        return Message(RecordDict({"metrics": MetricRecord(metrics), **_fedavg_ack(partition_id)}), reply_to=msg)
     result = masked_train(model, None, _loader(x, y, int(cfg["batch-size"]), _seed(cfg, partition_id)),
                           _train_config(cfg))
     content = RecordDict({
         "arrays": ArrayRecord(model.state_dict()),
         "metrics": MetricRecord({"num-examples": result.num_examples, "train-loss": result.mean_loss}),
+        **_fedavg_ack(partition_id),
     })
     return Message(content, reply_to=msg)
+
+
+def _fedavg_ack(partition_id: int) -> dict[str, ConfigRecord]:
+    # FedAvg ignores ConfigRecords; the server sorts replies by this stable id.
+    return {records.ACK: ConfigRecord({"partition-id": partition_id})}
 
 
 def _synced_base(cfg: dict, payloads: dict[str, bytes], context: Context) -> torch.Tensor:
@@ -280,7 +286,7 @@ def _shard(cfg: dict, context: Context) -> tuple[torch.Tensor, torch.Tensor]:
     root = str(node.get("data-root", cfg["data-root"])) or None
     x, y = load_partition(
         str(cfg["dataset"]), int(node["partition-id"]), num_partitions, str(cfg["partitioner"]),
-        seed=int(cfg["seed"]), root=root,
+        seed=int(cfg["seed"]), root=root, holdout_fraction=float(cfg.get("holdout-fraction", 0.0)),
         alpha=float(cfg["alpha"]), classes_per_partition=int(cfg["classes-per-partition"]),
     )
     limit = int(cfg["samples-per-client"])

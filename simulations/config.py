@@ -68,12 +68,16 @@ class RunConfig:
     server_samples: int = field(default=1000, metadata=_range(1))
     eval_samples: int = field(default=0, metadata=_range(0))
     initial_model: str = ""
+    # Public split no client holds (fedfish.data.holdout_indices); simulations.pretrain trains on it.
+    holdout_fraction: float = field(default=0.0, metadata=_range(0.0, 0.9))
     # Federation
     num_server_rounds: int = field(default=5, metadata=_range(1))
     fraction_train: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
     fraction_evaluate: float = field(default=0.0, metadata=_range(0.0, 1.0))
     min_replies: int = field(default=1, metadata=_range(1))
     round_timeout: float = field(default=3600.0, metadata=_range(0.0, lo_open=True))
+    # Reply validation: L2 bound on a client's update (new values minus the global ones; 0 = off)
+    max_update_norm: float = field(default=0.0, metadata=_range(0.0))
     # Local training
     local_epochs: int = field(default=1, metadata=_range(1))
     batch_size: int = field(default=32, metadata=_range(1))
@@ -175,3 +179,63 @@ def _parse_forget_state(spec: str) -> dict[int, int]:
             ) from None
         out[partition] = server_round
     return out
+
+
+KEY_HELP: dict[str, str] = {
+    "strategy": "what to run: " + ", ".join(STRATEGIES),
+    "density": "fraction of parameters in the mask (or kept by top-k), in (0, 1]",
+    "mask-scope": "`global` top-k over all parameters, or `per-layer` top-k",
+    "fisher-type": "`empirical` (true labels), `expected` (exact over classes), `sampled` (y ~ p(y|x))",
+    "fisher-samples": "samples per client (or on the server) for the Fisher / saliency estimate",
+    "fisher-label-samples": "label draws per sample for `sampled` Fisher",
+    "fisher-source": "`client` (sampled clients send scores; counted) or `server` (proxy set; no traffic)",
+    "fisher-upload": "client score upload: `fp32`, `fp16` dense, or `sparse` (local top-k' indices + values)",
+    "fisher-upload-density": "k'/P kept by a `sparse` score upload",
+    "warmup-rounds": "dense FedAvg rounds before the first mask",
+    "mask-refresh": "rebuild the mask every this many masked rounds (0 = fixed)",
+    "value-dtype": "dtype of uplink values: fp32, fp16, bf16 (downlinks stay fp32: clients hold the exact model)",
+    "dataset": "fashion-mnist or cifar10",
+    "data-root": "where to look for data first (else $FEDFISH_DATA, ./data, /usr/share/datasets/...)",
+    "model": "cnn (FedAvg CNN, 1.66M params, fashion-mnist) or resnet18 (cifar10)",
+    "partitioner": "iid, dirichlet, pathological (k classes per client), shard (flwr-datasets)",
+    "alpha": "Dirichlet concentration",
+    "classes-per-partition": "classes per client for `pathological`",
+    "num-partitions": "number of clients (one SuperNode each in simulation)",
+    "samples-per-client": "cap on each client's shard (0 = all), for quick runs",
+    "server-samples": "size of the server's proxy set for `fisher-source=server`",
+    "eval-samples": "test examples for the server's centralized evaluation (0 = all 10k)",
+    "initial-model": "path of a saved state_dict to start from (fine-tuning)",
+    "holdout-fraction": "fraction of the training set held out as a public split no client holds "
+    "(`python -m simulations.pretrain` trains the fine-tuning checkpoint on it), in [0, 0.9]",
+    "num-server-rounds": "rounds",
+    "fraction-train": "fraction of connected nodes sampled per round, in (0, 1]",
+    "fraction-evaluate": "fraction of nodes for client-side evaluation (0 = off; the server always evaluates)",
+    "min-replies": "valid replies needed to update the model; fewer skips the round",
+    "round-timeout": "seconds to wait for replies",
+    "max-update-norm": "reject a client update whose L2 norm (vs. the global values) exceeds this (0 = off)",
+    "local-epochs": "local epochs per round",
+    "batch-size": "local batch size",
+    "lr": "local learning rate",
+    "optimizer": "sgd, adam, adamw (frozen entries stay bit-exact with any of them)",
+    "momentum": "SGD momentum",
+    "weight-decay": "weight decay (never moves frozen entries)",
+    "seed": "seed of partitions, model init, masks, local shuffling",
+    "run-name": "results go to <results-dir>/<run-name>/",
+    "results-dir": "parent folder of run folders",
+    "resume": "continue the run of the same name from its last complete round",
+    "fault-fail-fraction": "fault drill: fraction of client messages that fail on purpose",
+    "fault-forget-state": "fault drill: `partition@round,...` nodes that drop their state (a restart)",
+}
+
+
+def markdown_table() -> str:
+    """The README's table of run-config keys, defaults and meanings."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for key, default in RunConfig().to_mapping().items():
+        shown = f'"{default}"' if isinstance(default, str) else str(default).lower() if isinstance(default, bool) else default
+        lines.append(f"| `{key}` | `{shown}` | {KEY_HELP[key]} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from logging import INFO
+import random
+from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from fedfish.fisher import diagonal_fisher
 from fedfish.layout import ParamLayout, load_flat_params
 from fedfish.masks import saliency_scores
 from fedfish.models import build_model, head_names
+from simulations.checkpoint import RoundOffset, ServerState, load_checkpoint, remove_checkpoint, save_checkpoint
 from simulations.config import ConfigError, RunConfig
 from simulations.recorder import RoundRecorder
 from simulations.results import save_state_dict, write_bytes, write_json
@@ -35,7 +37,7 @@ app = ServerApp()
 # ClientApp needs no run config of its own (scripted simulations have none).
 CLIENT_KEYS = (
     "model", "dataset", "data-root", "partitioner", "alpha", "classes-per-partition", "num-partitions",
-    "samples-per-client", "seed", "local-epochs", "batch-size", "lr", "optimizer", "momentum",
+    "samples-per-client", "holdout-fraction", "seed", "local-epochs", "batch-size", "lr", "optimizer", "momentum",
     "weight-decay", "fisher-type", "fisher-samples", "fisher-label-samples", "fisher-upload",
     "fisher-upload-density", "fault-fail-fraction", "fault-forget-state",
 )
@@ -52,8 +54,14 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def run_federation(grid: Grid, cfg: RunConfig) -> Path:
-    """Run a whole federation on ``grid``; returns the results folder."""
+    """Run a whole federation on ``grid``; returns the results folder.
+
+    After every round the server's state is checkpointed (:mod:`simulations.checkpoint`);
+    with ``resume=true`` a run continues from the last complete round of the run of the
+    same name, and ends with the same model and rounds.csv as an uninterrupted run.
+    """
     torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)  # Flower's FedAvg samples nodes with the global `random`
     model = initial_model(cfg)
     layout = ParamLayout.of(model)
     run_dir = Path(cfg.results_dir) / cfg.run_name
@@ -64,24 +72,54 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     test_x, test_y = load_images(cfg.dataset, "test", cfg.data_root or None)
     if cfg.eval_samples:
         test_x, test_y = test_x[: cfg.eval_samples], test_y[: cfg.eval_samples]
+    resumed = _restore(cfg, run_dir, strategy, traffic)
+    done = resumed.server_round if resumed is not None else 0
+    latest = [ArrayRecord(resumed.arrays) if resumed is not None else ArrayRecord(model.state_dict())]
+
+    def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
+        latest[0] = arrays
+        save_checkpoint(run_dir, ServerState.capture(server_round, cfg, arrays, strategy, traffic.records,
+                                                     recorder.rows))
+
     write_json(run_dir / "config.json", _run_info(cfg, layout))
     recorder = RoundRecorder(
         build_model(cfg.model, _num_classes(cfg)), (test_x, test_y), traffic,
         strategy.round_stats, run_dir, cfg.num_server_rounds,
+        on_round=checkpoint, rows=resumed.rows if resumed is not None else None,
     )
-    log(INFO, "FedFish run %r: strategy=%s, %d parameters, results in %s",
-        cfg.run_name, cfg.strategy, layout.num_params, run_dir)
-    result = strategy.start(
-        grid=metered,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=cfg.num_server_rounds,
-        timeout=cfg.round_timeout,
-        train_config=ConfigRecord(client_config(cfg)),
-        evaluate_config=ConfigRecord(client_config(cfg)),
-        evaluate_fn=recorder,
-    )
-    _save_final(run_dir, cfg, layout, result.arrays, strategy)
+    log(INFO, "FedFish run %r: strategy=%s, %d parameters, results in %s%s",
+        cfg.run_name, cfg.strategy, layout.num_params, run_dir, f", resuming after round {done}" if done else "")
+    runner = RoundOffset(strategy, done) if done else strategy
+    evaluate_fn = runner.evaluate_fn(recorder) if isinstance(runner, RoundOffset) else recorder
+    if done < cfg.num_server_rounds:
+        runner.start(
+            grid=metered,
+            initial_arrays=latest[0],
+            num_rounds=cfg.num_server_rounds - done,
+            timeout=cfg.round_timeout,
+            train_config=ConfigRecord(client_config(cfg)),
+            evaluate_config=ConfigRecord(client_config(cfg)),
+            evaluate_fn=evaluate_fn,
+        )
+    _save_final(run_dir, cfg, layout, latest[0], strategy)
     return run_dir
+
+
+def _restore(cfg: RunConfig, run_dir: Path, strategy: Strategy, traffic: TrafficLog) -> ServerState | None:
+    """With ``resume``, load the last checkpoint into ``strategy``, ``traffic`` and the global RNGs."""
+    if not cfg.resume:
+        remove_checkpoint(run_dir)
+        return None
+    state = load_checkpoint(run_dir)
+    if state is None:
+        log(WARNING, "resume: no checkpoint in %s; starting run %r from round 1", run_dir, cfg.run_name)
+        return None
+    state.check_matches(cfg)
+    if state.strategy:
+        strategy.load_state_dict(state.strategy)  # type: ignore[attr-defined]
+    state.restore_random()
+    traffic.extend(state.traffic)
+    return state
 
 
 def initial_model(cfg: RunConfig) -> torch.nn.Module:
@@ -109,6 +147,9 @@ def build_strategy(cfg: RunConfig, model: torch.nn.Module, *, max_examples: int)
     """The strategy named by ``cfg.strategy``; every one exposes ``round_stats``."""
     if cfg.strategy == "fedavg":
         return CountingFedAvg(
+            min_replies=cfg.min_replies,
+            max_examples=max_examples,
+            max_update_norm=cfg.max_update_norm or None,
             fraction_train=cfg.fraction_train,
             fraction_evaluate=cfg.fraction_evaluate,
             min_train_nodes=1,
@@ -134,6 +175,7 @@ def build_strategy(cfg: RunConfig, model: torch.nn.Module, *, max_examples: int)
         min_replies=cfg.min_replies,
         max_examples=max_examples,
         round_timeout=cfg.round_timeout,
+        max_update_norm=cfg.max_update_norm or None,
         seed=cfg.seed,
     )
 

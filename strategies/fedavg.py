@@ -1,36 +1,90 @@
-"""Flower's own FedAvg, with the per-round counts our round log needs.
+"""Flower's own FedAvg, behind the same reply validation and round log as FedFish.
 
-The dense baseline is Flower's FedAvg unchanged (same messages, same aggregation);
-this subclass only notes how many replies were valid or failed, so ``rounds.csv``
-has the same columns for every strategy. Its bytes are measured like everyone's,
-by :class:`strategies.metering.MeteredGrid`.
+The dense baseline is Flower's FedAvg (same messages, same aggregation code). This
+subclass only (1) passes replies through :func:`strategies.replies.check_array_replies`
+(keys, shapes, dtypes, finite values, num-examples bound, optional update-norm bound),
+(2) hands FedAvg the valid replies in partition order, so that the float sums are the
+same in every run whatever the random node ids, (3) skips a round with fewer than
+``min_replies`` valid replies, leaving the model unchanged, and (4) records a
+:class:`RoundStats` per round so ``rounds.csv`` has the same columns for every strategy.
+Its bytes are measured like everyone's, by :class:`strategies.metering.MeteredGrid`.
+Node sampling is Flower's (Python's global ``random``, seeded and checkpointed by the
+ServerApp).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from logging import WARNING
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
 
 from strategies.fedfish import RoundStats
+from strategies.replies import check_array_replies
 
 
 class CountingFedAvg(FedAvg):
-    """:class:`flwr.serverapp.strategy.FedAvg` that records a :class:`RoundStats` per round."""
+    """:class:`flwr.serverapp.strategy.FedAvg` with validated, ordered replies and round counts.
 
-    def __init__(self, **kwargs: object) -> None:
+    Parameters
+    ----------
+    min_replies : int (default: 1)
+        Valid replies needed to update the model; with fewer the round is skipped.
+    max_examples : int | None (default: None)
+        Largest credible ``num-examples`` in a reply.
+    max_update_norm : float | None (default: None)
+        Bound on the L2 norm of (reply model - global model); None = no bound.
+    **kwargs
+        Flower's FedAvg arguments.
+    """
+
+    def __init__(
+        self,
+        *,
+        min_replies: int = 1,
+        max_examples: int | None = None,
+        max_update_norm: float | None = None,
+        **kwargs: object,
+    ) -> None:
+        if min_replies < 1:
+            raise ValueError(f"CountingFedAvg: min_replies must be >= 1, got {min_replies}")
+        if max_update_norm is not None and not max_update_norm > 0:
+            raise ValueError(f"CountingFedAvg: max_update_norm must be > 0 or None, got {max_update_norm}")
         super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.min_replies = min_replies
+        self.max_examples = max_examples
+        self.max_update_norm = max_update_norm
         self.round_stats: dict[int, RoundStats] = {}
+        self._global: ArrayRecord | None = None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the round's global model (the reference of every reply), then FedAvg's."""
+        self._global = arrays
+        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Count valid and failed replies, then aggregate as FedAvg does."""
-        replies = list(replies)
-        failed = sum(1 for r in replies if r.has_error())
-        self.round_stats[server_round] = RoundStats(
-            phase="train", mask_density=1.0, clients_ok=len(replies) - failed, clients_failed=failed,
-            skipped=failed == len(replies),
+        """Validate and order the replies, then aggregate the valid ones as FedAvg does."""
+        if self._global is None:
+            raise RuntimeError("CountingFedAvg: aggregate_train before configure_train")
+        batch, valid = check_array_replies(
+            replies, self._global, max_examples=self.max_examples,
+            max_update_norm=self.max_update_norm, weighted_by_key=self.weighted_by_key,
         )
-        return super().aggregate_train(server_round, replies)
+        stats = RoundStats(
+            phase="train", mask_density=1.0, clients_ok=len(batch.accepted), clients_failed=batch.failed,
+            clients_rejected=len(batch.rejected), rejections=list(batch.rejected),
+        )
+        self.round_stats[server_round] = stats
+        if len(batch.accepted) < self.min_replies:
+            log(WARNING, "Round %d skipped: %d valid replies, %d needed; global model unchanged",
+                server_round, len(batch.accepted), self.min_replies)
+            stats.skipped = True
+            return None, batch.metrics()
+        return super().aggregate_train(server_round, valid)

@@ -20,11 +20,18 @@ scores; server-side sources need no traffic), then masked rounds; the mask is re
 every ``mask_refresh`` rounds (0 = fixed). Downlinks send a node only what it lacks
 (:class:`fedfish.sync.ChangeHistory`): the dense base once, then only the values that
 changed since the model version it acknowledged.
+
+What a client holds is keyed by its ``partition-id`` (learned from its acks), not by
+its node id: node ids are random per run, partition ids name the data and stay. Replies
+are summed in partition order and nodes are sampled with the strategy's own seeded RNG
+over partition-ordered nodes, so two runs with the same seed aggregate bit-identically.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+import random
+import time
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
@@ -32,7 +39,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 
 from fedfish import codec
@@ -99,8 +105,11 @@ class FedFish(Strategy):
         Largest credible ``num-examples`` in a reply.
     round_timeout : float (default: 3600)
         Seconds to wait for calibration replies.
+    max_update_norm : float | None (default: None)
+        Reject a training reply whose update (decoded values minus the current global
+        values at the same positions) has a larger L2 norm; None = no bound.
     seed : int (default: 0)
-        Seed of random masks.
+        Seed of random masks and of node sampling.
     """
 
     def __init__(  # noqa: PLR0913 - a strategy is configured by keyword, like Flower's
@@ -124,6 +133,7 @@ class FedFish(Strategy):
         min_available_nodes: int = 1,
         max_examples: int | None = None,
         round_timeout: float = 3600.0,
+        max_update_norm: float | None = None,
         seed: int = 0,
     ) -> None:
         _check_choice("mask_source", mask_source, MASK_SOURCES)
@@ -142,6 +152,8 @@ class FedFish(Strategy):
                 "FedFish: warmup_rounds and mask_refresh must be >= 0 and min_replies >= 1, got "
                 f"{warmup_rounds}, {mask_refresh}, {min_replies}"
             )
+        if max_update_norm is not None and not max_update_norm > 0:
+            raise ValueError(f"FedFish: max_update_norm must be > 0 or None, got {max_update_norm}")
         if head.dtype != torch.bool or head.shape != (layout.num_params,):
             raise ValueError(f"FedFish: head must be a bool vector of {layout.num_params} entries")
         needs_server_fn = fisher_source == "server" and mask_source in ("fisher", "saliency")
@@ -165,14 +177,17 @@ class FedFish(Strategy):
         self.min_available_nodes = min_available_nodes
         self.max_examples = max_examples
         self.round_timeout = round_timeout
+        self.max_update_norm = max_update_norm
         self.seed = seed
+        self.rng = random.Random(seed)  # node sampling; checkpointed with the state
 
         self.history = ChangeHistory(layout.num_params)
         self.mask: Mask | None = None
         self.mask_seed: int | None = None  # set when the mask is a seeded random one
         self.mask_built_round = 0
-        self.held_model: dict[int, int] = {}  # node -> model version it acknowledged
-        self.held_mask: dict[int, int] = {}  # node -> mask version it acknowledged
+        self.held_model: dict[int, int] = {}  # partition -> model version it acknowledged
+        self.held_mask: dict[int, int] = {}  # partition -> mask version it acknowledged
+        self.partition_of: dict[int, int] = {}  # node id -> partition id, from this run's acks
         self.round_stats: dict[int, RoundStats] = {}
         self._global: torch.Tensor | None = None
         self._arrays: ArrayRecord | None = None
@@ -234,13 +249,16 @@ class FedFish(Strategy):
             decode=self._decoder(dense),
             max_examples=self.max_examples,
             max_model_version=self.history.version,
+            update_norm=self._update_norm(dense),
+            max_update_norm=self.max_update_norm,
         )
         self._note_acks(batch)
         stats.clients_ok = len(batch.accepted)
-        stats.clients_failed = batch.failed
-        stats.clients_rejected = len(batch.rejected)
-        stats.clients_resynced = batch.need_base
-        stats.rejections = list(batch.rejected)
+        # Failures and rejections add up over the round's exchanges (calibration, then training).
+        stats.clients_failed += batch.failed
+        stats.clients_rejected += len(batch.rejected)
+        stats.clients_resynced += batch.need_base
+        stats.rejections.extend(batch.rejected)
         if len(batch.accepted) < self.min_replies:
             log(WARNING, "Round %d skipped: %d valid replies, %d needed; global model unchanged",
                 server_round, len(batch.accepted), self.min_replies)
@@ -281,7 +299,12 @@ class FedFish(Strategy):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, object]:
-        """Server-side strategy state, for checkpoints."""
+        """Server-side strategy state, for checkpoints.
+
+        Holdings are keyed by partition id and survive a restart; the node id ->
+        partition map does not (node ids are per run) and is relearned from acks, so
+        until a node has replied it is treated as holding nothing (dense resync).
+        """
         return {
             "history": self.history.state_dict(),
             "mask": None if self.mask is None else (self.mask.bits.clone(), self.mask.version),
@@ -289,6 +312,7 @@ class FedFish(Strategy):
             "mask_built_round": self.mask_built_round,
             "held_model": dict(self.held_model),
             "held_mask": dict(self.held_mask),
+            "rng": self.rng.getstate(),
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
@@ -300,6 +324,9 @@ class FedFish(Strategy):
         self.mask_built_round = int(state["mask_built_round"])  # type: ignore[arg-type]
         self.held_model = dict(state["held_model"])  # type: ignore[arg-type]
         self.held_mask = dict(state["held_mask"])  # type: ignore[arg-type]
+        self.rng.setstate(state["rng"])  # type: ignore[arg-type]
+        self.partition_of = {}
+        self._payload_cache.clear()
 
     # ------------------------------------------------------------------ helpers
     def _is_dense_round(self, server_round: int) -> bool:
@@ -341,10 +368,27 @@ class FedFish(Strategy):
         return ArrayRecord(state)
 
     def _sample(self, grid: Grid, fraction: float) -> list[int]:
-        total = len(list(grid.get_node_ids()))
-        size = max(int(total * fraction), 1)
-        nodes, _ = sample_nodes(grid, self.min_available_nodes, size)
-        return sorted(nodes)
+        """Sample with ``self.rng`` over nodes in partition order (unknown nodes last,
+        by node id): the same seed picks the same partitions in every run."""
+        nodes = list(grid.get_node_ids())
+        while len(nodes) < self.min_available_nodes:
+            log(INFO, "Waiting for nodes to connect: %d connected, %d needed", len(nodes), self.min_available_nodes)
+            time.sleep(1.0)
+            nodes = list(grid.get_node_ids())
+        ordered = sorted(nodes, key=self._node_order)
+        size = max(int(len(ordered) * fraction), 1)
+        return sorted(self.rng.sample(ordered, size), key=self._node_order)
+
+    def _node_order(self, node: int) -> tuple[int, int]:
+        partition = self.partition_of.get(node)
+        return (0, partition) if partition is not None else (1, node)
+
+    def _held(self, node: int) -> tuple[int | None, int | None]:
+        """(model version, mask version) the node acknowledged; None where unknown."""
+        partition = self.partition_of.get(node)
+        if partition is None:
+            return None, None
+        return self.held_model.get(partition), self.held_mask.get(partition)
 
     def _next_mask_version(self) -> int:
         return 1 if self.mask is None else self.mask.version + 1
@@ -399,6 +443,9 @@ class FedFish(Strategy):
                               required_payloads=("scores",), max_model_version=self.history.version)
         self._note_acks(batch)
         stats = self.round_stats[server_round]
+        stats.clients_failed += batch.failed
+        stats.clients_rejected += len(batch.rejected)
+        stats.clients_resynced += batch.need_base
         stats.rejections.extend(batch.rejected)
         if not batch.accepted:
             return None
@@ -432,6 +479,20 @@ class FedFish(Strategy):
 
         return decode
 
+    def _update_norm(self, dense: bool) -> Callable[[torch.Tensor], float]:
+        """L2 norm of the change a decoded training payload asks for."""
+
+        def norm(decoded: torch.Tensor) -> float:
+            if self.update == "topk-ef" and not dense:
+                change = decoded  # already a delta
+            elif dense:
+                change = decoded - self._current()
+            else:
+                change = decoded - self._current()[self._current_mask().bits]
+            return float(torch.linalg.vector_norm(change.double()))
+
+        return norm
+
     def _apply(self, batch: ReplyBatch, dense: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """New global model and the positions it changed (None = all)."""
         total = sum(r.num_examples for r, _ in batch.accepted)
@@ -450,13 +511,15 @@ class FedFish(Strategy):
         return new, mask.bits
 
     def _note_acks(self, batch: ReplyBatch) -> None:
-        for node in batch.lost_state:
-            self.held_model.pop(node, None)
-            self.held_mask.pop(node, None)
+        for reply in batch.lost_state:
+            self.partition_of[reply.node_id] = reply.partition_id
+            self.held_model.pop(reply.partition_id, None)
+            self.held_mask.pop(reply.partition_id, None)
         for reply, _ in batch.accepted:
-            self.held_model[reply.node_id] = reply.model_version
+            self.partition_of[reply.node_id] = reply.partition_id
+            self.held_model[reply.partition_id] = reply.model_version
             if reply.mask_version >= 0:
-                self.held_mask[reply.node_id] = reply.mask_version
+                self.held_mask[reply.partition_id] = reply.mask_version
 
     def _current(self) -> torch.Tensor:
         if self._global is None:
@@ -479,11 +542,12 @@ class FedFish(Strategy):
         with_mask: bool = True,
     ) -> records.RecordDict:
         """One node's message: its sync payloads, the mask if it lacks it, and the config."""
-        plan = self.history.plan(self.held_model.get(node))
+        held_model, held_mask = self._held(node)
+        plan = self.history.plan(held_model)
         payloads: dict[str, bytes] = {}
         config = dict(task_config) | {
             "model-version": self.history.version,
-            "base-version": self.held_model.get(node, -1),
+            "base-version": -1 if held_model is None else held_model,
         }
         mask = self.mask if (with_mask and not warmup and self.update == "values") else None
         sends_mask = False
@@ -491,7 +555,7 @@ class FedFish(Strategy):
             config["mask-version"] = mask.version
             if self.mask_seed is not None:
                 config["mask-seed"] = self.mask_seed
-            elif self.held_mask.get(node) != mask.version:
+            elif held_mask != mask.version:
                 payloads["mask"] = self._cached(("mask", mask.version), lambda: codec.encode_mask(mask))
                 sends_mask = True
         sync = plan.kind
@@ -504,7 +568,7 @@ class FedFish(Strategy):
                     lambda: codec.encode_values(self._current()[mask.bits], mask, "fp32"),
                 )
             else:
-                key = ("delta", self.held_model.get(node))
+                key = ("delta", held_model)
                 position_mask = Mask(bits=positions)
                 encoded_positions = self._cached(key + ("positions",), lambda: codec.encode_mask(position_mask))
                 if len(encoded_positions) + 4 * position_mask.k >= 4 * self.layout.num_params:

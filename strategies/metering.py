@@ -26,9 +26,23 @@ _PHASE_OF_TYPE = {
 }
 
 
+_ID_FIELDS = ("run_id", "src_node_id", "dst_node_id", "src_task_id", "dst_task_id")
+_MAX_UINT64 = 2**64 - 1
+
+
 def wire_bytes(message: Message) -> int:
-    """Size of ``message`` (metadata + content or error) as Flower serializes it."""
-    return message_to_proto(message).ByteSize()
+    """Size of ``message`` (metadata + content or error) as Flower serializes it.
+
+    Run, node and task ids are random 64-bit numbers whose varint encoding takes 1 to 10
+    bytes; they are counted at full width, so that two runs with the same seed log the
+    same bytes. The result is the exact serialized size with maximal ids: at most 50 bytes
+    above the size of the message as sent, never below it.
+    """
+    proto = message_to_proto(message)
+    for name in _ID_FIELDS:
+        if getattr(proto.metadata, name):
+            setattr(proto.metadata, name, _MAX_UINT64)
+    return proto.ByteSize()
 
 
 def payload_bytes(message: Message) -> int:

@@ -6,8 +6,12 @@ A FedFish message carries three records:
   the model version the payload brings the node to, and local-training settings;
 - ``fedfish-payload`` (ConfigRecord of bytes): codec payloads (``fedfish.codec``), e.g.
   ``model-dense``, ``model-positions`` + ``model-values``, ``mask``, ``update``, ``scores``;
-- in replies, ``fedfish-ack`` (ConfigRecord: ``status``, held model and mask versions)
-  and ``metrics`` (MetricRecord with ``num-examples``).
+- in replies, ``fedfish-ack`` (ConfigRecord: ``status``, held model and mask versions,
+  the sender's ``partition-id``) and ``metrics`` (MetricRecord with ``num-examples``).
+
+Node ids are random per run (and change when a SuperNode re-registers); the
+``partition-id`` in the ack is the stable name of a client's data, so the server keys
+what a client holds, and the order it sums replies in, by it.
 
 Replies are checked here, once, before anything is aggregated: a reply that fails any
 check raises :class:`ReplyRejected` with the reason, and the strategy drops it.
@@ -46,6 +50,8 @@ class Reply:
     ----------
     node_id : int
         Sender.
+    partition_id : int
+        The sender's data partition (its stable identity across runs), >= 0.
     status : str
         ``ok`` or ``need-base``.
     model_version : int
@@ -61,6 +67,7 @@ class Reply:
     """
 
     node_id: int
+    partition_id: int
     status: str
     model_version: int
     mask_version: int
@@ -74,18 +81,20 @@ def downlink(config: dict[str, int | float | str | bool], payloads: dict[str, by
     return RecordDict({CONFIG: ConfigRecord(dict(config)), PAYLOAD: ConfigRecord(dict(payloads))})
 
 
-def uplink(
+def uplink(  # noqa: PLR0913 - one argument per ack field
     status: str,
     model_version: int,
     mask_version: int,
     metrics: dict[str, int | float],
     payloads: dict[str, bytes],
+    partition_id: int,
 ) -> RecordDict:
     """Content of a client -> server reply."""
     return RecordDict(
         {
             ACK: ConfigRecord(
-                {"status": status, "model-version": model_version, "mask-version": mask_version}
+                {"status": status, "model-version": model_version, "mask-version": mask_version,
+                 "partition-id": partition_id}
             ),
             METRICS: MetricRecord(dict(metrics)),
             PAYLOAD: ConfigRecord(dict(payloads)),
@@ -128,8 +137,11 @@ def parse_reply(
         raise reject(f"unknown status {status!r}")
     versions = {k: ack.get(k) for k in ("model-version", "mask-version")}
     for key, value in versions.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < -1:
+        if not _is_int(value) or value < -1:
             raise reject(f"{key} must be an int >= -1, got {value!r}")
+    partition_id = ack.get("partition-id")
+    if not _is_int(partition_id) or partition_id < 0:
+        raise reject(f"partition-id must be an int >= 0, got {partition_id!r}")
     payloads: dict[str, bytes] = {}
     for key, value in payload_record.items():
         if not isinstance(value, bytes):
@@ -137,7 +149,7 @@ def parse_reply(
         payloads[key] = value
     num_examples = metrics.get("num-examples")
     if status == STATUS_OK:
-        if not isinstance(num_examples, int) or isinstance(num_examples, bool) or num_examples <= 0:
+        if not _is_int(num_examples) or num_examples <= 0:
             raise reject(f"num-examples must be a positive int, got {num_examples!r}")
         if max_examples is not None and num_examples > max_examples:
             raise reject(f"num-examples {num_examples} exceeds the bound {max_examples}")
@@ -149,6 +161,7 @@ def parse_reply(
             raise reject(f"metric {key!r} must be a scalar, got {type(value).__name__}")
     return Reply(
         node_id=node_id,
+        partition_id=int(partition_id),  # type: ignore[arg-type]
         status=str(status),
         model_version=int(versions["model-version"]),  # type: ignore[arg-type]
         mask_version=int(versions["mask-version"]),  # type: ignore[arg-type]
@@ -156,3 +169,7 @@ def parse_reply(
         metrics={k: float(v) for k, v in metrics.items()},  # type: ignore[arg-type]
         payloads=payloads,
     )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
