@@ -29,9 +29,9 @@ over partition-ordered nodes, so two runs with the same seed aggregate bit-ident
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
@@ -46,6 +46,7 @@ from fedfish.layout import ParamLayout
 from fedfish.masks import Mask, per_layer_top_k_mask, random_mask, top_k_mask
 from fedfish.sync import ChangeHistory
 from strategies import records
+from strategies.downlink import DownlinkEncoder
 from strategies.replies import ReplyBatch, check_replies
 
 MASK_SOURCES = ("fisher", "saliency", "magnitude", "random-fixed", "random-per-round")
@@ -192,7 +193,7 @@ class FedFish(Strategy):
         self._global: torch.Tensor | None = None
         self._arrays: ArrayRecord | None = None
         self._train_nodes: list[int] = []
-        self._payload_cache: dict[tuple[object, ...], bytes] = {}
+        self.downlink = DownlinkEncoder(layout.num_params)
 
     # ------------------------------------------------------------------ summary
     def summary(self) -> None:
@@ -231,7 +232,7 @@ class FedFish(Strategy):
         }
         return [
             Message(
-                content=self._downlink(node, task_config, server_round, warmup=phase == "warmup"),
+                content=self._downlink(node, task_config, warmup=phase == "warmup"),
                 message_type=MessageType.TRAIN,
                 dst_node_id=node,
             )
@@ -282,7 +283,7 @@ class FedFish(Strategy):
         task_config = dict(config) | self.client_config | {"server-round": server_round, "task": "evaluate"}
         return [
             Message(
-                content=self._downlink(node, task_config, server_round, phase="evaluate"),
+                content=self._downlink(node, task_config, phase="evaluate"),
                 message_type=MessageType.EVALUATE,
                 dst_node_id=node,
             )
@@ -326,7 +327,7 @@ class FedFish(Strategy):
         self.held_mask = dict(state["held_mask"])  # type: ignore[arg-type]
         self.rng.setstate(state["rng"])  # type: ignore[arg-type]
         self.partition_of = {}
-        self._payload_cache.clear()
+        self.downlink.clear()
 
     # ------------------------------------------------------------------ helpers
     def _is_dense_round(self, server_round: int) -> bool:
@@ -358,13 +359,13 @@ class FedFish(Strategy):
             raise ValueError(f"FedFish: the global ArrayRecord lacks parameters {missing}")
         self._global = torch.cat([state[n].reshape(-1).float() for n in self.layout.names])
         self._arrays = arrays
-        self._payload_cache.clear()
+        self.downlink.clear()
 
     def _to_arrays(self, flat: torch.Tensor) -> ArrayRecord:
         state = self._arrays.to_torch_state_dict() if self._arrays is not None else {}
         for name, tensor in zip(self.layout.names, self.layout.split(flat), strict=True):
             state[name] = tensor.clone()
-        self._payload_cache.clear()
+        self.downlink.clear()
         return ArrayRecord(state)
 
     def _sample(self, grid: Grid, fraction: float) -> list[int]:
@@ -432,7 +433,7 @@ class FedFish(Strategy):
         }
         messages = [
             Message(
-                content=self._downlink(node, task_config, server_round, phase="calibration", with_mask=False),
+                content=self._downlink(node, task_config, phase="calibration", with_mask=False),
                 message_type=MessageType.QUERY,
                 dst_node_id=node,
             )
@@ -535,7 +536,6 @@ class FedFish(Strategy):
         self,
         node: int,
         task_config: dict[str, int | float | str | bool],
-        server_round: int,
         *,
         phase: str | None = None,
         warmup: bool = False,
@@ -543,57 +543,13 @@ class FedFish(Strategy):
     ) -> records.RecordDict:
         """One node's message: its sync payloads, the mask if it lacks it, and the config."""
         held_model, held_mask = self._held(node)
-        plan = self.history.plan(held_model)
-        payloads: dict[str, bytes] = {}
-        config = dict(task_config) | {
-            "model-version": self.history.version,
-            "base-version": -1 if held_model is None else held_model,
-        }
         mask = self.mask if (with_mask and not warmup and self.update == "values") else None
-        sends_mask = False
-        if mask is not None:
-            config["mask-version"] = mask.version
-            if self.mask_seed is not None:
-                config["mask-seed"] = self.mask_seed
-            elif held_mask != mask.version:
-                payloads["mask"] = self._cached(("mask", mask.version), lambda: codec.encode_mask(mask))
-                sends_mask = True
-        sync = plan.kind
-        if plan.kind == "delta":
-            positions = plan.positions
-            if mask is not None and torch.equal(positions, mask.bits):
-                sync = "delta-mask"
-                payloads["model-values"] = self._cached(
-                    ("values", mask.version, plan.kind),
-                    lambda: codec.encode_values(self._current()[mask.bits], mask, "fp32"),
-                )
-            else:
-                key = ("delta", held_model)
-                position_mask = Mask(bits=positions)
-                encoded_positions = self._cached(key + ("positions",), lambda: codec.encode_mask(position_mask))
-                if len(encoded_positions) + 4 * position_mask.k >= 4 * self.layout.num_params:
-                    sync = "full"
-                else:
-                    payloads["model-positions"] = encoded_positions
-                    payloads["model-values"] = self._cached(
-                        key + ("values",),
-                        lambda: codec.encode_values(self._current()[positions], position_mask, "fp32"),
-                    )
-        if sync == "full":
-            payloads["model-dense"] = self._cached(("dense",), lambda: codec.encode_dense(self._current(), "fp32"))
-        config["sync"] = sync
+        sync = self.downlink.node_sync(
+            self.history, self._current(), held_model, held_mask, mask, self.mask_seed if mask else None
+        )
         if phase is None:
-            one_time = sends_mask or sync == "full"
-            phase = "warmup" if warmup else ("mask" if one_time else "train")
-        config["phase"] = phase
-        return records.downlink(config, payloads)
-
-    def _cached(self, key: tuple[object, ...], make: Callable[[], bytes]) -> bytes:
-        # Nodes in the same situation get byte-identical payloads: encode once per model version.
-        full_key = (self.history.version,) + key
-        if full_key not in self._payload_cache:
-            self._payload_cache[full_key] = make()
-        return self._payload_cache[full_key]
+            phase = "warmup" if warmup else ("mask" if sync.one_time else "train")
+        return records.downlink(dict(task_config) | sync.config | {"phase": phase}, sync.payloads)
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
