@@ -127,7 +127,8 @@ class TrafficLog:
     def to_frame(self) -> pd.DataFrame:
         """One row per record; columns are exactly the :class:`TrafficRecord` fields."""
         return pd.DataFrame([asdict(r) for r in self._records], columns=list(_COLUMNS)).astype(
-            {name: "int64" for name in ("server_round", "node_id", *_SUMMED)}
+            # Flower's node ids are unsigned 64-bit: int64 would turn half of them negative.
+            {"node_id": "uint64"} | {name: "int64" for name in ("server_round", *_SUMMED)}
         )
 
     def per_round(self) -> pd.DataFrame:

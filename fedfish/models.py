@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, ResNet
 
 MODEL_NAMES: tuple[str, ...] = ("cnn", "resnet18")
 
@@ -60,32 +59,6 @@ class FedAvgCNN(nn.Sequential):
         self.fc2 = nn.Linear(512, num_classes)
 
 
-class CifarResNet18(ResNet):
-    """torchvision's ResNet-18 adapted to 32x32 inputs (CIFAR).
-
-    The ImageNet stem (7x7 stride-2 conv + max-pool) would shrink a 32x32 image
-    to 8x8 before the first block; the CIFAR variant uses a 3x3 stride-1 conv
-    and no max-pool instead. Everything else is ``torchvision.models.resnet18``
-    with random weights.
-
-    Parameters
-    ----------
-    num_classes : int, default 10
-        Number of output logits.
-    """
-
-    head_names: tuple[str, ...] = ("fc.weight", "fc.bias")
-
-    def __init__(self, num_classes: int = 10) -> None:
-        _check_at_least("num_classes", num_classes, 1)
-        super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
-        # Reassigning keeps conv1's place in named_parameters(), hence in ParamLayout.
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        # Same initialisation ResNet.__init__ gave the conv it replaces.
-        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
-        self.maxpool = nn.Identity()
-
-
 def build_model(name: str, num_classes: int = 10) -> nn.Module:
     """Fresh randomly initialised model by name.
 
@@ -93,7 +66,7 @@ def build_model(name: str, num_classes: int = 10) -> nn.Module:
     ----------
     name : str
         One of ``MODEL_NAMES``: ``"cnn"`` (FedAvgCNN, 1x28x28 inputs) or
-        ``"resnet18"`` (CifarResNet18, 3x32x32 inputs).
+        ``"resnet18"`` (``fedfish.resnet.CifarResNet18``, 3x32x32 inputs).
     num_classes : int, default 10
         Number of output logits.
 
@@ -105,6 +78,10 @@ def build_model(name: str, num_classes: int = 10) -> nn.Module:
     if name == "cnn":
         return FedAvgCNN(num_classes=num_classes)
     if name == "resnet18":
+        # Imported here: torchvision costs seconds at start-up, and every deployed
+        # ClientApp process that only needs the CNN would pay them.
+        from fedfish.resnet import CifarResNet18  # noqa: PLC0415
+
         return CifarResNet18(num_classes=num_classes)
     raise ValueError(f"build_model: name must be one of {MODEL_NAMES}, got {name!r}")
 

@@ -85,8 +85,8 @@ class MeteredGrid(Grid):
         self._grid = grid
         self.traffic = traffic
         self.model_bytes = model_bytes
-        # message id -> (server round, phase, message type) of outstanding instructions
-        self._sent: dict[str, tuple[int, str, str]] = {}
+        # message id -> (server round, phase, message type, destination) of outstanding instructions
+        self._sent: dict[str, tuple[int, str, str, int]] = {}
 
     # --- delegation --------------------------------------------------------------
     def set_run(self, run: Run) -> None:
@@ -143,7 +143,9 @@ class MeteredGrid(Grid):
     def _log_sent(self, messages: list[Message]) -> None:
         for m in messages:
             server_round, phase = _round_and_phase(m)
-            self._sent[m.metadata.message_id] = (server_round, phase, m.metadata.message_type)
+            self._sent[m.metadata.message_id] = (
+                server_round, phase, m.metadata.message_type, int(m.metadata.dst_node_id)
+            )
             self.traffic.add(
                 TrafficRecord(
                     server_round=server_round,
@@ -158,8 +160,10 @@ class MeteredGrid(Grid):
 
     def _log_replies(self, replies: list[Message]) -> None:
         for r in replies:
-            server_round, phase, message_type = self._sent.pop(
-                r.metadata.reply_to_message_id, (0, "train", r.metadata.message_type)
+            # The SuperLink itself answers for an unreachable node: attribute the reply to
+            # the node the instruction went to, not to its sender.
+            server_round, phase, message_type, node_id = self._sent.pop(
+                r.metadata.reply_to_message_id, (0, "train", r.metadata.message_type, int(r.metadata.src_node_id))
             )
             carries_vector = message_type != MessageType.EVALUATE and not r.has_error()
             self.traffic.add(
@@ -167,7 +171,7 @@ class MeteredGrid(Grid):
                     server_round=server_round,
                     phase=phase,
                     direction="up",
-                    node_id=int(r.metadata.src_node_id),
+                    node_id=node_id,
                     wire_bytes=wire_bytes(r),
                     payload_bytes=payload_bytes(r),
                     dense_equivalent_bytes=self.model_bytes if carries_vector else 0,

@@ -162,3 +162,13 @@ def test_empty_log_gives_empty_frames_with_the_columns() -> None:
     assert per_round.empty and "cumulative_bytes_up" in per_round.columns
     assert list(log.to_frame().columns) == [f.name for f in fields(TrafficRecord)]
     assert log.per_client().empty
+
+
+def test_node_ids_above_2_63_survive_the_frame() -> None:
+    # Flower node ids are unsigned 64-bit numbers.
+    log = TrafficLog()
+    big = 2**64 - 5
+    log.add(TrafficRecord(server_round=1, phase="train", direction="up", node_id=big, wire_bytes=10,
+                          payload_bytes=5, dense_equivalent_bytes=20))
+    assert int(log.to_frame()["node_id"].iloc[0]) == big
+    assert int(log.per_client()["node_id"].iloc[0]) == big

@@ -174,13 +174,9 @@ def _json_in(text: str) -> dict:
 
 
 def _read_clients(run_dir: Path) -> pd.DataFrame:
-    """clients.csv with Flower's node ids.
-
-    Flower node ids are uint64; the byte log stores them as int64, so ids >= 2**63 come
-    out negative. Reinterpreting the bits gives the id back.
-    """
+    """clients.csv with Flower's node ids (uint64; pandas reads ids below 2**63 as int64)."""
     clients = pd.read_csv(run_dir / "clients.csv")
-    clients["node_id"] = clients["node_id"].to_numpy(np.int64).view(np.uint64)
+    clients["node_id"] = clients["node_id"].astype("uint64")
     return clients
 
 

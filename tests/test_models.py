@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from backpack import backpack, extend
@@ -12,12 +15,12 @@ from fedfish import models
 from fedfish.layout import ParamLayout
 from fedfish.models import (
     MODEL_NAMES,
-    CifarResNet18,
     FedAvgCNN,
     build_model,
     default_device,
     head_names,
 )
+from fedfish.resnet import CifarResNet18
 
 
 def _hand_count_cnn(in_channels: int, side: int, num_classes: int) -> int:
@@ -163,3 +166,9 @@ def test_backpack_sum_grad_squared_on_cnn_matches_per_sample_loop() -> None:
 def test_default_device_follows_cuda_availability(monkeypatch, cuda: bool, device_type: str) -> None:
     monkeypatch.setattr(models.torch.cuda, "is_available", lambda: cuda)
     assert default_device() == torch.device(device_type)
+
+
+def test_client_side_imports_do_not_load_torchvision() -> None:
+    # Every deployed ClientApp process imports this; torchvision would add seconds to each.
+    code = "import sys, simulations.client_app; sys.exit('torchvision' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
