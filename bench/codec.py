@@ -13,29 +13,16 @@ smaller). Run: ``python -m bench.codec``.
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
+from bench.timing import interleaved_medians
 from fedfish import codec
 from fedfish.masks import random_mask
 
 NUM_PARAMS = 11_000_000
 DENSITIES = (0.005, 0.02, 0.10)
 REPEATS = 9
-
-
-def _interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each function, timed round-robin so CPU contention hits all alike."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -61,7 +48,7 @@ def main() -> None:
                 sent = codec.encode_values(dense.index_select(0, idx), mask, dtype)
                 return torch.zeros(NUM_PARAMS).index_copy_(0, idx, codec.decode_values(sent, mask))
 
-            med = _interleaved_medians(
+            med = interleaved_medians(
                 {
                     "copy": dense.clone,
                     "codec": lambda dtype=dtype: codec.decode_values(codec.encode_values(values, mask, dtype), mask),
@@ -79,7 +66,7 @@ def main() -> None:
                 f"{med['full'] * 1e3:>19.2f} {full_ratio:>6.2f}"
             )
         mask_payload = codec.encode_mask(mask)
-        mask_med = _interleaved_medians(
+        mask_med = interleaved_medians(
             {"encode": lambda: codec.encode_mask(mask), "decode": lambda: codec.decode_mask(mask_payload)}, 3
         )
         mask_rows.append((density, codec.payload_kind(mask_payload), len(mask_payload), mask_med))

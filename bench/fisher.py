@@ -18,13 +18,12 @@ All variants use ``torch.set_num_threads(--threads)`` (default: all cores). Run:
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from bench.timing import interleaved_medians
 from fedfish.fisher import KINDS, diagonal_fisher, diagonal_fisher_loop
 from fedfish.models import FedAvgCNN
 
@@ -52,17 +51,6 @@ def _plain_backward(model: nn.Module, x: Tensor, y: Tensor) -> None:
         logits = model(x[start : start + CHUNK_SIZE])
         loss = nn.functional.cross_entropy(logits, y[start : start + CHUNK_SIZE], reduction="sum")
         (loss / x.shape[0]).backward()
-
-
-def _interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each function, timed round-robin so CPU contention hits all alike."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def _generator() -> torch.Generator:
@@ -96,7 +84,7 @@ def main() -> None:
           f"{'speedup':>8} {'over_bwd':>8} {'max_rel_err':>11}")
     results: dict[str, tuple[float, float, float]] = {}
     for kind in KINDS:
-        med = _interleaved_medians(
+        med = interleaved_medians(
             {
                 "ours": lambda kind=kind: diagonal_fisher(model, x, y, kind, generator=_generator()),
                 "plain": lambda: _plain_backward(model, x, y),
