@@ -1,0 +1,306 @@
+"""Sweeps: parsing the TOML grid, resuming, reporting failed points, the point subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from simulations import sweep as sweep_mod
+from simulations.analysis import POINT_FILE, run_dirs
+from simulations.config import ConfigError, RunConfig
+from simulations.sweep import Point, load_sweep, parse_sweep, point_status, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = REPO / "simulations" / "sweeps" / "quick.toml"
+README = REPO / "simulations" / "sweeps" / "readme.toml"
+
+
+def _grid(**extra: object) -> dict:
+    data = {
+        "name": "t",
+        "base": {"num-server-rounds": 2, "num-partitions": 2},
+        "axes": {
+            "seed": [0, 1],
+            "method": [
+                {"label": "fedavg", "strategy": "fedavg"},
+                {"label": "fedfish 2%", "strategy": "fedfish", "density": 0.02, "tags": {"family": "fisher"}},
+            ],
+        },
+    }
+    data.update(extra)
+    return data
+
+
+def fake_runner(fail: set[str] = frozenset()):  # noqa: ANN201 - returns a Runner and its call log
+    """Writes a results folder in the run format (config.json + rounds.csv), or fails."""
+    calls: list[str] = []
+
+    def run(point: Point, on_line) -> str | None:  # noqa: ANN001
+        calls.append(point.name)
+        on_line("[fedfish] round 1/2 train")
+        if point.name in fail:
+            raise RuntimeError("boom")
+        rows = pd.DataFrame({"round": range(point.config.num_server_rounds + 1)})
+        rows.to_csv(point.run_dir / "rounds.csv", index=False)
+        (point.run_dir / "config.json").write_text(json.dumps({"config": point.config.to_mapping()}))
+        return None
+
+    return run, calls
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def test_committed_sweep_files_expand_to_the_documented_grids(tmp_path: Path) -> None:
+    # Execute
+    quick = load_sweep(QUICK, tmp_path)
+    readme = load_sweep(README, tmp_path)
+
+    # Assert
+    assert len(quick.points) == 6 and len(readme.points) == 2 * 2 * 2 * 7
+    first = quick.points[0]
+    assert first.name == "seed0_alpha0.5_finetune_fedavg"
+    assert first.axes == {"seed": "seed0", "alpha": "alpha0.5", "scenario": "finetune", "method": "fedavg"}
+    assert first.tags == {"scenario": "finetune"}
+    assert first.run_dir == tmp_path / "quick" / first.name
+    # {results-dir} puts the sweep's checkpoint beside its results.
+    assert first.config.initial_model == quick.pretrain["out"] == f"{tmp_path}/pretrained/cnn-fmnist-holdout0.01-quick.pt"
+    strategies = {(p.axes["method"], p.config.strategy, p.config.density) for p in readme.points}
+    assert ("fedfish 0.5%", "fedfish", 0.005) in strategies and ("topk-ef 2%", "topk-ef", 0.02) in strategies
+    assert {p.config.alpha for p in readme.points} == {0.1, 0.5} and {p.config.seed for p in readme.points} == {0, 1}
+
+
+def test_axes_product_order_labels_and_overrides(tmp_path: Path) -> None:
+    # Execute
+    sweep = parse_sweep(_grid(), tmp_path, overrides={"num-server-rounds": 7})
+
+    # Assert
+    assert [p.name for p in sweep.points] == [
+        "seed0_fedavg", "seed0_fedfish-2pct", "seed1_fedavg", "seed1_fedfish-2pct",
+    ]
+    assert [p.config.seed for p in sweep.points] == [0, 0, 1, 1]
+    assert sweep.points[1].config.density == 0.02 and sweep.points[1].tags == {"family": "fisher"}
+    assert all(p.config.num_server_rounds == 7 for p in sweep.points)
+    assert all(p.config.run_name == p.name and p.config.results_dir == str(tmp_path / "t") for p in sweep.points)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"colour": "red"}, "unknown top-level keys"),
+        ({"name": "a/b"}, "name must be a plain folder name"),
+        ({"axes": {"seed": []}}, "axis 'seed' must be a non-empty list"),
+        ({"axes": {"m": [{"strategy": "fedavg"}]}}, "needs a label"),
+        ({"base": {"run-name": "x"}}, r"base must not set \['run-name'\]"),
+        ({"axes": {"a": [{"label": "x", "seed": 1}], "seed": [0]}}, "axes 'a' and 'seed' both set 'seed'"),
+        ({"axes": {"m": [{"label": "x y"}, {"label": "x-y"}]}}, "share the folder names"),
+        ({"base": {"density": 2.0}}, r"point 'run': density: must be in"),
+        ({"base": {"colour": 1}}, "unknown run-config keys"),
+    ],
+)
+def test_invalid_sweep_files_are_refused(change: dict, match: str, tmp_path: Path) -> None:
+    # Prepare
+    data = {"name": "t", **change}
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match=match):
+        parse_sweep(data, tmp_path)
+
+
+def test_an_invalid_point_is_a_config_error_naming_the_point(tmp_path: Path) -> None:
+    # Prepare
+    data = _grid(axes={"lr": [0.1, -1.0]})
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match="point 'lr-1.0': lr: must be in"):
+        parse_sweep(data, tmp_path)
+
+
+# ----------------------------------------------------------------------------- running and resuming
+
+
+def test_failed_point_is_reported_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    # Prepare
+    sweep = parse_sweep(_grid(), tmp_path)
+    runner, calls = fake_runner(fail={"seed0_fedfish-2pct"})
+
+    # Execute
+    report = run_sweep(sweep, runner, progress=False)
+
+    # Assert
+    assert calls == [p.name for p in sweep.points]
+    assert report.done == ["seed0_fedavg", "seed1_fedavg", "seed1_fedfish-2pct"]
+    assert [(name, err) for name, err in report.failed] == [("seed0_fedfish-2pct", "RuntimeError: boom")]
+    failed = json.loads((tmp_path / "t" / "seed0_fedfish-2pct" / POINT_FILE).read_text())
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: boom"
+    assert [p.name for p in run_dirs(tmp_path / "t")] == report.done  # the failed point is not loaded
+
+
+def test_rerun_skips_done_points_and_redoes_failed_half_written_and_changed_ones(tmp_path: Path) -> None:
+    # Prepare: a first sweep with one failure, then a crash left a point half-written.
+    sweep = parse_sweep(_grid(), tmp_path)
+    run_sweep(sweep, fake_runner(fail={"seed0_fedfish-2pct"})[0], progress=False)
+    half = tmp_path / "t" / "seed1_fedavg"
+    (half / POINT_FILE).write_text(json.dumps({"status": "running"}))
+    (half / "leftover.txt").write_text("from the crashed attempt")
+    changed = parse_sweep(_grid(base={"num-server-rounds": 2, "num-partitions": 2, "lr": 0.1}), tmp_path)
+
+    # Execute
+    statuses = [point_status(p) for p in sweep.points]
+    runner, calls = fake_runner()
+    report = run_sweep(sweep, runner, progress=False)
+    report_changed = run_sweep(changed, fake_runner()[0], progress=False)
+
+    # Assert
+    assert statuses == ["done", "stale", "stale", "done"]
+    assert calls == ["seed0_fedfish-2pct", "seed1_fedavg"]
+    assert report.skipped == ["seed0_fedavg", "seed1_fedfish-2pct"] and not report.failed
+    assert not (half / "leftover.txt").exists()  # redone from scratch
+    assert len(report_changed.done) == 4  # another lr: every point is stale
+
+
+def test_a_point_that_writes_too_few_rounds_fails(tmp_path: Path) -> None:
+    # Prepare
+    sweep = parse_sweep(_grid(axes={"seed": [0]}), tmp_path)
+
+    def short(point: Point, on_line) -> None:  # noqa: ANN001
+        pd.DataFrame({"round": [0]}).to_csv(point.run_dir / "rounds.csv", index=False)
+        (point.run_dir / "config.json").write_text("{}")
+
+    # Execute
+    report = run_sweep(sweep, short, progress=False)
+
+    # Assert
+    assert report.failed == [("seed0", "rounds.csv has 1 rows, expected 3")]
+
+
+def test_point_subprocess_streams_round_lines_logs_output_and_reports_exit_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a stand-in for simulations.run that echoes its arguments and fails.
+    module_dir = tmp_path / "mods"
+    module_dir.mkdir()
+    (module_dir / "fake_point.py").write_text(textwrap.dedent("""
+        import sys
+        print("starting", " ".join(a for a in sys.argv[1:] if a.startswith(("density=", "run-name="))))
+        print("[fedfish] round 1/2 train acc=0.5")
+        sys.exit(3)
+    """))
+    monkeypatch.setattr(sweep_mod, "POINT_MODULE", "fake_point")
+    monkeypatch.setenv("PYTHONPATH", str(module_dir))
+    point = parse_sweep(_grid(axes={"seed": [0]}, base={"density": 0.02}), tmp_path).points[0]
+    lines: list[str] = []
+
+    # Execute
+    error = sweep_mod.run_point_subprocess(point, lines.append)
+
+    # Assert
+    assert error is not None and error.startswith("exit status 3")
+    assert lines == ['starting density=0.02 run-name="seed0"', "[fedfish] round 1/2 train acc=0.5"]
+    assert (point.run_dir / sweep_mod.LOG_FILE).read_text().splitlines() == lines
+
+
+@pytest.mark.e2e
+def test_sweep_command_runs_a_real_point_and_skips_it_on_rerun(tmp_path: Path) -> None:
+    # Prepare: one point of the committed quick sweep, 2 rounds, in Flower's Ray simulation.
+    command = [
+        sys.executable, "-m", "simulations.sweep", str(QUICK), "--results-dir", str(tmp_path),
+        "--only", "scratch_fedfish", "--set", "num-server-rounds=2", "--no-progress",
+    ]
+
+    # Execute
+    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400, check=False)
+    second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+
+    # Assert
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "sweep quick: 1 run, 0 already done, 0 failed" in first.stdout
+    point = tmp_path / "quick" / "seed0_alpha0.5_scratch_fedfish-5pct"
+    assert json.loads((point / POINT_FILE).read_text())["status"] == "done"
+    rounds = pd.read_csv(point / "rounds.csv")
+    assert list(rounds["phase"]) == ["initial", "warmup", "calibration"]
+    assert "sweep quick: 0 run, 1 already done, 0 failed" in second.stdout
+
+
+# ----------------------------------------------------------------------------- the fine-tuning scenario's data
+
+
+def test_holdout_is_left_out_of_every_partition_whatever_the_seed(tiny_fmnist_dir) -> None:  # noqa: ANN001
+    # Prepare
+    from fedfish.data import holdout_indices, load_partition
+
+    root = tiny_fmnist_dir.root
+    images, _ = tiny_fmnist_dir.arrays["train"]
+    held = holdout_indices(100, 0.2)
+
+    # Execute
+    parts = {
+        seed: [load_partition("fashion-mnist", i, 4, "iid", seed=seed, root=root, holdout_fraction=0.2)[0]
+               for i in range(4)]
+        for seed in (0, 1)
+    }
+
+    # Assert
+    assert len(held) == 20 and list(held) == sorted(held)
+    assert list(held) == list(holdout_indices(100, 0.2))  # no seed involved: the same split for every run
+    # Recover which training images each partition got by matching pixels (the tiny images are random).
+    flat = images.reshape(100, -1).astype(np.float32)
+    for seed, tensors in parts.items():
+        got = []
+        for x in tensors:
+            raw = np.rint(x.numpy().reshape(len(x), -1) * 0.3530 * 255 + 0.2860 * 255)
+            got += [int(np.argmin(np.abs(flat - row).sum(axis=1))) for row in raw]
+        assert sorted(got) == sorted(set(range(100)) - set(held)), seed
+
+
+@pytest.mark.parametrize(
+    ("num_samples", "fraction", "match"),
+    [(100, 1.0, r"fraction must be in \[0, 1\)"), (100, -0.1, r"fraction must be in \[0, 1\)"),
+     (-1, 0.1, "num_samples must be >= 0")],
+)
+def test_invalid_holdout_is_refused(num_samples: int, fraction: float, match: str) -> None:
+    from fedfish.data import holdout_indices
+
+    with pytest.raises(ValueError, match=match):
+        holdout_indices(num_samples, fraction)
+
+
+def test_pretrain_is_reproducible_and_trains_on_the_holdout_only(tiny_fmnist_dir, tmp_path: Path) -> None:  # noqa: ANN001
+    # Prepare
+    import torch
+
+    from simulations.pretrain import pretrain
+
+    kwargs = {"holdout_fraction": 0.3, "epochs": 1, "batch_size": 10, "data_root": str(tiny_fmnist_dir.root)}
+
+    # Execute
+    first = pretrain(tmp_path / "a.pt", **kwargs)
+    second = pretrain(tmp_path / "b.pt", **kwargs)
+    other_seed = pretrain(tmp_path / "c.pt", seed=1, **kwargs)
+
+    # Assert
+    a, b, c = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["fc2.weight"], c["fc2.weight"])
+    assert first.holdout_samples == 30 and 0.0 <= first.test_accuracy <= 1.0
+    assert first.test_accuracy == second.test_accuracy
+    sidecar = json.loads((tmp_path / "a.pt.json").read_text())
+    assert sidecar["holdout_fraction"] == 0.3 and sidecar["holdout_samples"] == 30
+    assert RunConfig(initial_model=str(tmp_path / "a.pt"), holdout_fraction=0.3).holdout_fraction == 0.3
+    assert other_seed.path.endswith("c.pt")
+
+
+@pytest.mark.parametrize(("fraction", "match"), [(0.0, r"holdout_fraction must be in \(0, 0.9\]"),
+                                                 (0.95, r"holdout_fraction must be in \(0, 0.9\]")])
+def test_pretrain_refuses_an_empty_or_oversized_holdout(fraction: float, match: str, tmp_path: Path) -> None:
+    from simulations.pretrain import pretrain
+
+    with pytest.raises(ValueError, match=match):
+        pretrain(tmp_path / "x.pt", holdout_fraction=fraction)
