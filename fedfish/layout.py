@@ -7,6 +7,7 @@ order, each tensor flattened row-major), so every component agrees on it.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -100,3 +101,9 @@ def load_flat_params(model: nn.Module, flat: torch.Tensor) -> None:
     with torch.no_grad():
         for p, chunk in zip(model.parameters(), layout.split(flat), strict=True):
             p.copy_(chunk.to(device=p.device, dtype=p.dtype))
+
+
+def params_digest(flat: torch.Tensor) -> str:
+    """16 hex chars of the sha256 of a flat parameter vector's fp32 bytes: names a model."""
+    data = flat.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from functools import lru_cache
 
 import numpy as np
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedfish import codec
 from fedfish.data import load_partition
 from fedfish.fisher import diagonal_fisher
-from fedfish.layout import ParamLayout, flatten_params, load_flat_params
+from fedfish.layout import ParamLayout, flatten_params, load_flat_params, params_digest
 from fedfish.masks import Mask, k_for_density, random_mask, saliency_scores
 from fedfish.models import build_model, head_names
 from fedfish.training import TrainConfig, evaluate, masked_train
@@ -139,12 +140,14 @@ def _synced_base(cfg: dict, payloads: dict[str, bytes], context: Context) -> tor
     node = context.state.config_records.get(_NODE)
     stored = context.state.array_records.get(_BASE)
     if node is None or stored is None:
-        raise NeedBase
-    held = int(node["model-version"])
+        # Nothing held: only the public initial model (version 0) can serve as the base.
+        node, held, base = ConfigRecord(), 0, _public_base(cfg, context)
+    else:
+        held = int(node["model-version"])
+        base = torch.from_numpy(stored["params"].numpy().copy())
     # Holding a newer base than assumed is fine: the delta covers a superset of changes.
     if not int(cfg["base-version"]) <= held <= int(cfg["model-version"]):
         raise NeedBase
-    base = torch.from_numpy(stored["params"].numpy().copy())
     if sync == "current":
         if held != int(cfg["model-version"]):
             raise NeedBase
@@ -159,6 +162,28 @@ def _synced_base(cfg: dict, payloads: dict[str, bytes], context: Context) -> tor
         raise ValueError(f"unknown sync kind {sync!r}")
     base[positions.bits] = codec.decode_values(payloads["model-values"], positions)
     return base
+
+
+def _public_base(cfg: dict, context: Context) -> torch.Tensor:
+    """The public initial checkpoint as model version 0, if the server says nodes hold it.
+
+    Its path may be overridden per machine with ``--node-config initial-model=...``; a
+    missing file or a digest that differs from the server's is a NeedBase, never a guess.
+    """
+    digest = cfg.get("public-base-digest")
+    if not digest or int(cfg["base-version"]) != 0:
+        raise NeedBase
+    path = str(context.node_config.get("initial-model", cfg.get("initial-model", "")))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model = _model(str(cfg["model"]))
+        model.load_state_dict(state)
+    except (OSError, RuntimeError, pickle.UnpicklingError):
+        raise NeedBase from None
+    flat = flatten_params(model)
+    if params_digest(flat) != digest:
+        raise NeedBase
+    return flat
 
 
 def _current_mask(cfg: dict, payloads: dict[str, bytes], node: ConfigRecord, num_params: int) -> Mask | None:

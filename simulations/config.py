@@ -68,6 +68,7 @@ class RunConfig:
     server_samples: int = field(default=1000, metadata=_range(1))
     eval_samples: int = field(default=0, metadata=_range(0))
     initial_model: str = ""
+    public_initial_model: bool = False
     # Public split no client holds (fedfish.data.holdout_indices); simulations.pretrain trains on it.
     holdout_fraction: float = field(default=0.0, metadata=_range(0.0, 0.9))
     # Federation
@@ -100,6 +101,8 @@ class RunConfig:
         if not self.run_name or "/" in self.run_name or self.run_name.startswith("."):
             raise ConfigError(f"run-name: must be a plain folder name, got {self.run_name!r}")
         _parse_forget_state(self.fault_forget_state)
+        if self.public_initial_model and not self.initial_model:
+            raise ConfigError("public-initial-model: needs initial-model (the checkpoint every client holds)")
         if MODEL_FOR_DATASET[self.dataset] != self.model:
             raise ConfigError(
                 f"model: {self.model!r} does not fit dataset {self.dataset!r}; use {MODEL_FOR_DATASET[self.dataset]!r}"
@@ -205,6 +208,7 @@ KEY_HELP: dict[str, str] = {
     "server-samples": "size of the server's proxy set for `fisher-source=server`",
     "eval-samples": "test examples for the server's centralized evaluation (0 = all 10k)",
     "initial-model": "path of a saved state_dict to start from (fine-tuning)",
+    "public-initial-model": "clients load initial-model themselves (a public checkpoint, digest-checked): no dense base is sent",
     "holdout-fraction": "fraction of the training set held out as a public split no client holds "
     "(`python -m simulations.pretrain` trains the fine-tuning checkpoint on it), in [0, 0.9]",
     "num-server-rounds": "rounds",

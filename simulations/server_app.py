@@ -18,9 +18,9 @@ from flwr.supercore import log
 
 from fedfish import codec
 from fedfish.accounting import TrafficLog
-from fedfish.data import DATASETS, load_images
+from fedfish.data import DATASETS, holdout_indices, load_images
 from fedfish.fisher import diagonal_fisher
-from fedfish.layout import ParamLayout, load_flat_params
+from fedfish.layout import ParamLayout, load_flat_params, params_digest
 from fedfish.masks import saliency_scores
 from fedfish.models import build_model, head_names
 from simulations.checkpoint import RoundOffset, ServerState, load_checkpoint, remove_checkpoint, save_checkpoint
@@ -160,7 +160,7 @@ def build_strategy(cfg: RunConfig, model: torch.nn.Module, *, max_examples: int)
     return FedFish(
         layout=layout,
         head=layout.indicator(head_names(model)),
-        client_config=client_config(cfg),
+        client_config=client_config(cfg) | public_base_config(cfg, model),
         mask_source=MASK_SOURCE_OF[cfg.strategy],
         update="topk-ef" if cfg.strategy == "topk-ef" else "values",
         density=cfg.density,
@@ -177,14 +177,30 @@ def build_strategy(cfg: RunConfig, model: torch.nn.Module, *, max_examples: int)
         round_timeout=cfg.round_timeout,
         max_update_norm=cfg.max_update_norm or None,
         seed=cfg.seed,
+        public_base=cfg.public_initial_model,
     )
 
 
+def public_base_config(cfg: RunConfig, model: torch.nn.Module) -> dict[str, str]:
+    """With ``public-initial-model``: where clients find the checkpoint and its digest."""
+    if not cfg.public_initial_model:
+        return {}
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return {"initial-model": str(Path(cfg.initial_model).resolve()), "public-base-digest": params_digest(flat)}
+
+
 def server_scores_fn(cfg: RunConfig, model: torch.nn.Module):  # noqa: ANN201 - returns a closure
-    """Fisher (or saliency) scores on the server's proxy set: ``server-samples`` training
-    examples drawn with the run's seed. No client traffic."""
+    """Fisher (or saliency) scores on the server's proxy set, with no client traffic:
+    ``server-samples`` examples of the public held-out split when ``holdout-fraction`` > 0
+    (data no client holds), else of the training set, drawn with the run's seed."""
     x, y = load_images(cfg.dataset, "train", cfg.data_root or None)
-    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.server_samples]
+    pool = (
+        torch.from_numpy(holdout_indices(len(x), cfg.holdout_fraction))
+        if cfg.holdout_fraction > 0
+        else torch.arange(len(x))
+    )
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg.seed))
+    pick = pool[order[: cfg.server_samples]]
     proxy_x, proxy_y = x[pick], y[pick]
     scratch = build_model(cfg.model, _num_classes(cfg))
 

@@ -111,6 +111,10 @@ class FedFish(Strategy):
         values at the same positions) has a larger L2 norm; None = no bound.
     seed : int (default: 0)
         Seed of random masks and of node sampling.
+    public_base : bool (default: False)
+        Every node can load the initial model itself (a public checkpoint; clients check its
+        digest): a node never heard from is taken to hold model version 0, so it gets
+        deltas from the checkpoint instead of the dense model.
     """
 
     def __init__(  # noqa: PLR0913 - a strategy is configured by keyword, like Flower's
@@ -136,6 +140,7 @@ class FedFish(Strategy):
         round_timeout: float = 3600.0,
         max_update_norm: float | None = None,
         seed: int = 0,
+        public_base: bool = False,
     ) -> None:
         _check_choice("mask_source", mask_source, MASK_SOURCES)
         _check_choice("update", update, UPDATES)
@@ -180,6 +185,9 @@ class FedFish(Strategy):
         self.round_timeout = round_timeout
         self.max_update_norm = max_update_norm
         self.seed = seed
+        self.public_base = public_base
+        # Partitions that could not load the public base: they get the dense model.
+        self.no_public_base: set[int] = set()
         self.rng = random.Random(seed)  # node sampling; checkpointed with the state
 
         self.history = ChangeHistory(layout.num_params)
@@ -313,6 +321,7 @@ class FedFish(Strategy):
             "mask_built_round": self.mask_built_round,
             "held_model": dict(self.held_model),
             "held_mask": dict(self.held_mask),
+            "no_public_base": sorted(self.no_public_base),
             "rng": self.rng.getstate(),
         }
 
@@ -325,6 +334,7 @@ class FedFish(Strategy):
         self.mask_built_round = int(state["mask_built_round"])  # type: ignore[arg-type]
         self.held_model = dict(state["held_model"])  # type: ignore[arg-type]
         self.held_mask = dict(state["held_mask"])  # type: ignore[arg-type]
+        self.no_public_base = set(state["no_public_base"])  # type: ignore[arg-type]
         self.rng.setstate(state["rng"])  # type: ignore[arg-type]
         self.partition_of = {}
         self.downlink.clear()
@@ -387,9 +397,11 @@ class FedFish(Strategy):
     def _held(self, node: int) -> tuple[int | None, int | None]:
         """(model version, mask version) the node acknowledged; None where unknown."""
         partition = self.partition_of.get(node)
-        if partition is None:
-            return None, None
-        return self.held_model.get(partition), self.held_mask.get(partition)
+        held_model = None if partition is None else self.held_model.get(partition)
+        held_mask = None if partition is None else self.held_mask.get(partition)
+        if held_model is None and self.public_base and partition not in self.no_public_base:
+            held_model = 0
+        return held_model, held_mask
 
     def _next_mask_version(self) -> int:
         return 1 if self.mask is None else self.mask.version + 1
@@ -514,6 +526,9 @@ class FedFish(Strategy):
     def _note_acks(self, batch: ReplyBatch) -> None:
         for reply in batch.lost_state:
             self.partition_of[reply.node_id] = reply.partition_id
+            if reply.partition_id not in self.held_model:
+                # It was assumed to hold the public base and could not load it.
+                self.no_public_base.add(reply.partition_id)
             self.held_model.pop(reply.partition_id, None)
             self.held_mask.pop(reply.partition_id, None)
         for reply, _ in batch.accepted:

@@ -18,7 +18,7 @@ from fedfish.masks import Mask
 from fedfish.models import build_model, head_names
 from simulations import client_app
 from simulations.config import RunConfig
-from simulations.server_app import build_strategy, client_config
+from simulations.server_app import build_strategy, client_config, initial_model
 from strategies import records
 from strategies.fedfish import FedFish
 from strategies.metering import MeteredGrid, wire_bytes
@@ -33,7 +33,7 @@ BASE = RunConfig(
 def run(cfg: RunConfig, rounds: int, grid: LoopbackGrid | None = None):
     """Run ``cfg``'s strategy for ``rounds`` on a LoopbackGrid; return strategy, grid, log, snapshots."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model)
+    model = initial_model(cfg)
     strategy = build_strategy(cfg, model, max_examples=60000)
     grid = grid or LoopbackGrid(cfg.num_partitions)
     traffic = TrafficLog()
@@ -215,3 +215,45 @@ def test_constructor_rejects_bad_arguments(kwargs: dict, match: str) -> None:
     args = {"layout": layout, "head": torch.zeros(layout.num_params, dtype=torch.bool), "client_config": {}}
     with pytest.raises(ValueError, match=match):
         FedFish(**(args | kwargs))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 'public' initial model on disk (what simulations.pretrain would write)."""
+    torch.manual_seed(11)
+    path = tmp_path_factory.mktemp("public") / "initial.pt"
+    torch.save(build_model("cnn").state_dict(), path)
+    return str(path)
+
+
+def test_public_initial_model_is_never_sent_and_changes_nothing(checkpoint: str) -> None:
+    # Prepare: fine-tuning from a checkpoint every client holds, server-side Fisher
+    cfg = BASE.replace(density=0.05, initial_model=checkpoint, fisher_source="server", server_samples=32)
+    # Execute
+    strategy, _, traffic, snaps = run(cfg.replace(public_initial_model=True), rounds=2)
+    _, _, sent_traffic, sent_snaps = run(cfg, rounds=2)
+    # Assert: no dense model crossed the wire; the first downlink is mask + masked values
+    frame = traffic.to_frame()
+    dense = 4 * strategy.layout.num_params
+    assert (frame.payload_bytes < dense / 10).all()
+    assert (sent_traffic.to_frame().query("server_round == 1 and direction == 'down'").payload_bytes >= dense).all()
+    assert frame.wire_bytes.sum() < sent_traffic.to_frame().wire_bytes.sum() / 5
+    # ... and the run is the same run: the client's base is the checkpoint either way
+    assert torch.equal(snaps[2], sent_snaps[2])
+
+
+def test_node_without_the_public_checkpoint_gets_the_dense_base(checkpoint: str) -> None:
+    # Prepare: partition 1's machine has no copy of the checkpoint
+    grid = LoopbackGrid(3)
+    grid.contexts[1001].node_config["initial-model"] = "/nonexistent/initial.pt"
+    cfg = BASE.replace(density=0.05, initial_model=checkpoint, public_initial_model=True,
+                       fisher_source="server", server_samples=32)
+    # Execute
+    strategy, grid, _, _ = run(cfg, rounds=3, grid=grid)
+    # Assert: it said need-base once, then got the dense model, then trained
+    syncs = {(int(m.content[records.CONFIG]["server-round"]), m.metadata.dst_node_id):
+             m.content[records.CONFIG]["sync"] for m in grid.delivered}
+    assert strategy.round_stats[1].clients_resynced == 1
+    assert syncs[(1, 1001)] != "full" and syncs[(2, 1001)] == "full" and syncs[(2, 1000)] == "delta-mask"
+    assert strategy.round_stats[3].clients_ok == 3
+    assert strategy.no_public_base == {1}
