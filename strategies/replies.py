@@ -51,6 +51,16 @@ class ReplyBatch:
     failed: int = 0
     lost_state: list[Reply] = field(default_factory=list)
 
+    def add_failure(self, message: Message) -> None:
+        """Count an errored reply (the client failed, timed out or was unreachable) and log why."""
+        self.failed += 1
+        log(INFO, "\t> node %d failed: %s", message.metadata.src_node_id, message.error.reason)
+
+    def add_rejection(self, err: ReplyRejected) -> None:
+        """Record a rejected reply with its reason and log it."""
+        self.rejected.append((err.node_id, err.reason))
+        log(WARNING, "\t> %s", err)
+
     @property
     def need_base(self) -> int:
         """Number of nodes that asked for the base again."""
@@ -111,8 +121,7 @@ def check_replies(  # noqa: PLR0913 - one keyword per check
     seen = _Seen()
     for message in replies:
         if message.has_error():
-            batch.failed += 1
-            log(INFO, "\t> node %d failed: %s", message.metadata.src_node_id, message.error.reason)
+            batch.add_failure(message)
             continue
         try:
             reply = parse_reply(
@@ -132,8 +141,7 @@ def check_replies(  # noqa: PLR0913 - one keyword per check
             if max_update_norm is not None and decoded is not None:
                 _check_norm(reply.node_id, update_norm(decoded), max_update_norm)  # type: ignore[misc]
         except ReplyRejected as err:
-            batch.rejected.append((err.node_id, err.reason))
-            log(WARNING, "\t> %s", err)
+            batch.add_rejection(err)
             continue
         batch.accepted.append((reply, decoded))
     batch.accepted.sort(key=lambda item: (item[0].partition_id, item[0].node_id))
@@ -176,15 +184,13 @@ def check_array_replies(
     messages: dict[int, Message] = {}
     for message in replies:
         if message.has_error():
-            batch.failed += 1
-            log(INFO, "\t> node %d failed: %s", message.metadata.src_node_id, message.error.reason)
+            batch.add_failure(message)
             continue
         try:
             reply = _parse_array_reply(message, reference_arrays, max_examples, max_update_norm, weighted_by_key)
             seen.claim(reply)
         except ReplyRejected as err:
-            batch.rejected.append((err.node_id, err.reason))
-            log(WARNING, "\t> %s", err)
+            batch.add_rejection(err)
             continue
         batch.accepted.append((reply, None))
         messages[reply.node_id] = message
