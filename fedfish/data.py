@@ -3,8 +3,8 @@
 Fashion-MNIST is read from its four IDX files (Debian's ``dataset-fashion-mnist``
 package, torchvision's download layout, or any directory holding them); CIFAR-10
 from torchvision's ``cifar-10-batches-py`` pickles. Partitions come from
-flwr-datasets partitioners run on an in-memory dataset of labels only, so no
-image is ever converted to a HuggingFace dataset.
+flwr-datasets partitioners (``fedfish.partition``) run on an in-memory dataset of
+labels only, so no image is ever converted to a HuggingFace dataset.
 
 Command line::
 
@@ -21,15 +21,15 @@ import math
 import os
 import pickle
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
+
+from fedfish.partition import holdout_indices, partition_indices
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,8 @@ DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(3, 32, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
 SPLITS: tuple[str, ...] = ("train", "test")
-PARTITIONERS: tuple[str, ...] = ("iid", "dirichlet", "pathological", "shard")
 
 DATA_ENV = "FEDFISH_DATA"
-# Seed of the public held-out split: fixed, so it is the same for every run seed.
-HOLDOUT_SEED = 20210611
 # torchvision's conventional root, relative to the working directory.
 DEFAULT_ROOT = Path("data")
 SYSTEM_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -155,169 +152,6 @@ def download(dataset: str, root: str | Path | None = None) -> Path:
     return _locate_cifar10(target)
 
 
-def partition_indices(
-    labels: np.ndarray | Sequence[int],
-    num_partitions: int,
-    partitioner: str,
-    *,
-    alpha: float = 0.5,
-    classes_per_partition: int = 2,
-    shards_per_partition: int = 2,
-    min_partition_size: int = 1,
-    seed: int = 0,
-) -> list[np.ndarray]:
-    """Split sample indices into federated partitions with a flwr-datasets partitioner.
-
-    The rows are first permuted by ``seed`` (IidPartitioner takes contiguous
-    blocks, and the pathological assignment is deterministic, so the seed must
-    choose the samples), then handed to the partitioner, which also gets ``seed``.
-
-    Parameters
-    ----------
-    labels : np.ndarray | Sequence[int]
-        Class of each sample, shape (N,), non-negative integers.
-    num_partitions : int
-        Number of partitions, in [1, N].
-    partitioner : str
-        ``"iid"`` (equal random blocks, all samples used), ``"dirichlet"`` (per
-        class, a Dirichlet(alpha) draw splits its samples over the partitions;
-        all samples used), ``"pathological"`` (partition i holds classes
-        i, ..., i + classes_per_partition - 1 modulo the class count, each class
-        split evenly among its holders; with fewer partitions than classes the
-        classes no partition reaches stay unused and flwr-datasets warns) or ``"shard"`` (samples sorted by label,
-        cut into ``num_partitions * shards_per_partition`` equal shards, each
-        partition gets ``shards_per_partition`` random ones; the remainder is unused).
-    alpha : float, default 0.5
-        Dirichlet concentration, > 0; smaller is more skewed. Dirichlet only.
-    classes_per_partition : int, default 2
-        Classes per partition, in [1, number of distinct labels]. Pathological only.
-    shards_per_partition : int, default 2
-        Shards per partition, >= 1 with ``num_partitions * shards_per_partition <= N``.
-        Shard only.
-    min_partition_size : int, default 1
-        Dirichlet only, in [0, N // num_partitions]: flwr-datasets redraws (up to
-        11 times) until every partition holds at least this many samples. If no
-        draw succeeds (small ``alpha`` with few samples per partition, e.g.
-        alpha=0.05 with 600 samples per partition fails about 1 time in 3), the
-        last draw is kept and its small partitions are topped up with random
-        samples moved from the largest ones, with a warning. The default only
-        forbids empty partitions (flwr-datasets' default of 10 fails more often).
-    seed : int, default 0
-        Seed of the row permutation, of the partitioner and of the top-up.
-
-    Returns
-    -------
-    list[np.ndarray]
-        ``num_partitions`` sorted int64 index arrays, pairwise disjoint.
-
-    Raises
-    ------
-    ValueError
-        Naming the offending argument and its allowed range, or relaying
-        flwr-datasets' reason when it cannot build the partitions.
-    """
-    labels = _check_labels(labels)
-    n = labels.shape[0]
-    if partitioner not in PARTITIONERS:
-        raise ValueError(f"partitioner must be one of {PARTITIONERS}, got {partitioner!r}")
-    if not 1 <= num_partitions <= n:
-        raise ValueError(
-            f"num_partitions must be in [1, {n}] (the sample count), got {num_partitions}"
-        )
-    num_classes_present = len(np.unique(labels))
-    options: dict[str, Any] = {}  # partitioner-specific flwr-datasets arguments
-    if partitioner == "dirichlet":
-        if not (math.isfinite(alpha) and alpha > 0):
-            raise ValueError(f"alpha must be a finite number > 0, got {alpha}")
-        if not 0 <= min_partition_size <= n // num_partitions:
-            raise ValueError(
-                f"min_partition_size must be in [0, {n // num_partitions}] "
-                f"(N // num_partitions), got {min_partition_size}"
-            )
-        options.update(alpha=float(alpha), min_partition_size=min_partition_size)
-    elif partitioner == "pathological":
-        if not 1 <= classes_per_partition <= num_classes_present:
-            raise ValueError(
-                f"classes_per_partition must be in [1, {num_classes_present}] "
-                f"(distinct labels), got {classes_per_partition}"
-            )
-        options.update(
-            num_classes_per_partition=classes_per_partition, class_assignment_mode="deterministic"
-        )
-    elif partitioner == "shard":
-        if not 1 <= shards_per_partition <= n // num_partitions:
-            raise ValueError(
-                f"shards_per_partition must be in [1, {n // num_partitions}] "
-                f"(N // num_partitions), got {shards_per_partition}"
-            )
-        options.update(num_shards_per_partition=shards_per_partition)
-    try:
-        return _run_partitioner(labels, num_partitions, partitioner, seed, options)
-    except ValueError as err:
-        if partitioner != "dirichlet":
-            raise ValueError(
-                f"partition_indices: flwr-datasets {partitioner!r} partitioner: {err}"
-            ) from err
-    # flwr-datasets gave up redrawing; one unconstrained draw, then the top-up.
-    options["min_partition_size"] = 0
-    parts = _run_partitioner(labels, num_partitions, "dirichlet", seed, options)
-    return _top_up(parts, min_partition_size, np.random.default_rng(seed))
-
-
-def _run_partitioner(
-    labels: np.ndarray, num_partitions: int, partitioner: str, seed: int, options: dict[str, Any]
-) -> list[np.ndarray]:
-    """Sorted index arrays from one flwr-datasets partitioner run on a seeded row permutation."""
-    from datasets import Dataset  # noqa: PLC0415
-    from flwr_datasets import partitioner as fp  # noqa: PLC0415  (3 s import; only this needs it)
-
-    if partitioner == "iid":
-        part: fp.Partitioner = fp.IidPartitioner(num_partitions)  # no seed: `perm` randomises it
-    else:
-        cls = {
-            "dirichlet": fp.DirichletPartitioner,
-            "pathological": fp.PathologicalPartitioner,
-            "shard": fp.ShardPartitioner,
-        }[partitioner]
-        part = cls(num_partitions, partition_by="label", seed=seed, **options)
-    perm = np.random.default_rng(seed).permutation(labels.shape[0])
-    part.dataset = Dataset.from_dict({"label": labels[perm], "idx": perm})
-    with warnings.catch_warnings():
-        # pyarrow deprecation inside Dataset.sort, and one warning per Dirichlet
-        # redraw: neither is actionable here (a final failure raises instead).
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.filterwarnings("ignore", message="The specified min_partition_size")
-        return [
-            np.sort(np.asarray(part.load_partition(i)["idx"], dtype=np.int64))
-            for i in range(num_partitions)
-        ]
-
-
-def _top_up(parts: list[np.ndarray], min_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Move random samples from the largest partitions into those below ``min_size``.
-
-    Needs ``sum(sizes) >= len(parts) * min_size`` (checked by the caller), which
-    guarantees the largest partition exceeds ``min_size`` while one is below it.
-    """
-    parts = list(parts)
-    moved = 0
-    for i in range(len(parts)):
-        while len(parts[i]) < min_size:
-            donor = int(np.argmax([len(p) for p in parts]))
-            take = min(min_size - len(parts[i]), len(parts[donor]) - min_size)
-            chosen = rng.permutation(len(parts[donor]))[:take]
-            parts[i] = np.sort(np.concatenate([parts[i], parts[donor][chosen]]))
-            parts[donor] = np.delete(parts[donor], chosen)
-            moved += take
-    if moved:
-        warnings.warn(
-            f"partition_indices: no Dirichlet draw gave every partition {min_size} samples; "
-            f"moved {moved} random samples from the largest partitions to the smallest",
-            stacklevel=3,
-        )
-    return parts
-
-
 def load_partition(
     dataset: str,
     partition_id: int,
@@ -367,72 +201,6 @@ def load_partition(
     )
     index = parts[partition_id]
     return _to_tensors(dataset, images[index], labels[index])
-
-
-def holdout_indices(num_samples: int, fraction: float) -> np.ndarray:
-    """Sorted indices of the public held-out split: ``round(fraction * num_samples)`` samples.
-
-    The draw depends on ``num_samples`` and ``fraction`` only (a fixed generator,
-    ``HOLDOUT_SEED``), never on a run's seed, so a checkpoint pre-trained on it
-    stays disjoint from the clients' data of every seed.
-
-    Parameters
-    ----------
-    num_samples : int
-        Size of the split, >= 0.
-    fraction : float
-        Fraction held out, in [0, 1).
-
-    Returns
-    -------
-    np.ndarray
-        int64, ascending.
-    """
-    if num_samples < 0:
-        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
-    count = round(fraction * num_samples)
-    return np.sort(np.random.default_rng(HOLDOUT_SEED).permutation(num_samples)[:count]).astype(np.int64)
-
-
-def label_histogram(
-    labels: np.ndarray | Sequence[int],
-    partitions: Sequence[np.ndarray],
-    num_classes: int | None = None,
-) -> pd.DataFrame:
-    """Per-partition class counts.
-
-    Parameters
-    ----------
-    labels : np.ndarray | Sequence[int]
-        Class of each sample, shape (N,).
-    partitions : Sequence[np.ndarray]
-        Index arrays into ``labels``, as from ``partition_indices``.
-    num_classes : int | None, default None
-        Number of columns; defaults to ``max(labels) + 1``.
-
-    Returns
-    -------
-    pd.DataFrame
-        int64 counts; index ``partition_id`` 0..len(partitions)-1, columns ``class`` 0..C-1.
-    """
-    labels = _check_labels(labels)
-    needed = int(labels.max()) + 1
-    c = needed if num_classes is None else num_classes
-    if c < needed:
-        raise ValueError(f"num_classes must be >= {needed} (max label + 1), got {num_classes}")
-    counts = np.zeros((len(partitions), c), dtype=np.int64)
-    for row, index in enumerate(partitions):
-        counts[row] = np.bincount(labels[np.asarray(index, dtype=np.int64)], minlength=c)
-    return pd.DataFrame(
-        counts,
-        index=pd.RangeIndex(len(partitions), name="partition_id"),
-        columns=pd.RangeIndex(c, name="class"),
-    )
-
-
-# ----------------------------------------------------------------------------- loading
 
 
 def _split_dir(dataset: str, split: str, root: str | Path | None, allow_download: bool) -> Path:
@@ -616,15 +384,6 @@ def _not_found_message(what: str, candidates: Sequence[Path]) -> str:
 def _check_dataset(dataset: str) -> None:
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {dataset!r}")
-
-
-def _check_labels(labels: np.ndarray | Sequence[int]) -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"labels must be a non-empty 1-D array, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0:
-        raise ValueError(f"labels must be non-negative integers, got dtype {arr.dtype}")
-    return arr.astype(np.int64, copy=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

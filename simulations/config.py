@@ -69,7 +69,7 @@ class RunConfig:
     eval_samples: int = field(default=0, metadata=_range(0))
     initial_model: str = ""
     public_initial_model: bool = False
-    # Public split no client holds (fedfish.data.holdout_indices); simulations.pretrain trains on it.
+    # Public split no client holds (fedfish.partition.holdout_indices); simulations.pretrain trains on it.
     holdout_fraction: float = field(default=0.0, metadata=_range(0.0, 0.9))
     # Federation
     num_server_rounds: int = field(default=5, metadata=_range(1))

@@ -1,6 +1,6 @@
 """The fine-tuning scenario's starting point: a model pre-trained centrally on a public split.
 
-The public split is ``fedfish.data.holdout_indices(N, holdout_fraction)`` of the training
+The public split is ``fedfish.partition.holdout_indices(N, holdout_fraction)`` of the training
 set; runs with the same ``holdout-fraction`` leave it out of every client's partition, so
 no client holds a sample the checkpoint saw. Training is seeded (model init, shuffling,
 single-threaded torch), so the same arguments give the same checkpoint bit for bit::
@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedfish.data import DATASETS, holdout_indices, load_images
+from fedfish.data import DATASETS, load_images
 from fedfish.models import build_model
+from fedfish.partition import holdout_indices
 from fedfish.training import TrainConfig, evaluate, masked_train
 from simulations.config import MODEL_FOR_DATASET
 from simulations.results import save_state_dict, write_json

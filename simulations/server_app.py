@@ -18,11 +18,12 @@ from flwr.supercore import log
 
 from fedfish import codec
 from fedfish.accounting import TrafficLog
-from fedfish.data import DATASETS, holdout_indices, load_images
+from fedfish.data import DATASETS, load_images
 from fedfish.fisher import diagonal_fisher
 from fedfish.layout import ParamLayout, load_flat_params, params_digest
 from fedfish.masks import saliency_scores
 from fedfish.models import build_model, head_names
+from fedfish.partition import holdout_indices
 from simulations.checkpoint import RoundOffset, ServerState, load_checkpoint, remove_checkpoint, save_checkpoint
 from simulations.config import ConfigError, RunConfig
 from simulations.recorder import RoundRecorder

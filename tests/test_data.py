@@ -17,15 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedfish import data
-from fedfish.data import (
-    DATASETS,
-    PARTITIONERS,
-    label_histogram,
-    load_images,
-    load_partition,
-    locate_fashion_mnist,
-    partition_indices,
-)
+from fedfish.data import DATASETS, load_images, load_partition, locate_fashion_mnist
+from fedfish.partition import PARTITIONERS, label_histogram, partition_indices
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

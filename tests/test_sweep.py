@@ -234,7 +234,8 @@ def test_sweep_command_runs_a_real_point_and_skips_it_on_rerun(tmp_path: Path) -
 
 def test_holdout_is_left_out_of_every_partition_whatever_the_seed(tiny_fmnist_dir) -> None:  # noqa: ANN001
     # Prepare
-    from fedfish.data import holdout_indices, load_partition
+    from fedfish.data import load_partition
+    from fedfish.partition import holdout_indices
 
     root = tiny_fmnist_dir.root
     images, _ = tiny_fmnist_dir.arrays["train"]
@@ -266,7 +267,7 @@ def test_holdout_is_left_out_of_every_partition_whatever_the_seed(tiny_fmnist_di
      (-1, 0.1, "num_samples must be >= 0")],
 )
 def test_invalid_holdout_is_refused(num_samples: int, fraction: float, match: str) -> None:
-    from fedfish.data import holdout_indices
+    from fedfish.partition import holdout_indices
 
     with pytest.raises(ValueError, match=match):
         holdout_indices(num_samples, fraction)
