@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from fedfish.layout import ParamLayout
 
@@ -257,6 +258,17 @@ def saliency_scores(grads: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
             f"got {grads.numel()} and {params.numel()}"
         )
     return (grads.detach().float().cpu() * params.detach().float().cpu()).abs()
+
+
+def model_saliency(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """:func:`saliency_scores` of ``model`` with the gradient of its mean cross-entropy on
+    ``(inputs, labels)``; fp32 CPU ``(P,)`` in layout order. ``.grad`` fields are not touched."""
+    params = list(model.parameters())
+    loss = nn.functional.cross_entropy(model(inputs), labels)
+    grads = torch.autograd.grad(loss, params)
+    return saliency_scores(
+        torch.cat([g.reshape(-1) for g in grads]), torch.cat([p.detach().reshape(-1) for p in params])
+    )
 
 
 def _select(scores: torch.Tensor, k: int, forced: torch.Tensor | None, who: str) -> torch.Tensor:

@@ -25,9 +25,10 @@ from fedfish import codec
 from fedfish.data import load_partition
 from fedfish.fisher import diagonal_fisher
 from fedfish.layout import ParamLayout, flatten_params, load_flat_params, params_digest
-from fedfish.masks import Mask, k_for_density, random_mask, saliency_scores
+from fedfish.masks import Mask, k_for_density, model_saliency, random_mask
 from fedfish.models import build_model, head_names
 from fedfish.training import TrainConfig, evaluate, masked_train
+from simulations.config import parse_forget_state
 from strategies import records
 
 app = ClientApp()
@@ -72,8 +73,7 @@ def _handle(msg: Message, context: Context) -> Message:
         base = _synced_base(cfg, payloads, context)
         mask = _current_mask(cfg, payloads, node, base.numel())
     except NeedBase:
-        context.state.config_records.pop(_NODE, None)
-        context.state.array_records.pop(_BASE, None)
+        _drop_state(context)
         content = records.uplink(records.STATUS_NEED_BASE, -1, -1, {"num-examples": 0}, {}, partition_id)
         return Message(content, reply_to=msg)
 
@@ -263,10 +263,7 @@ def _scores(cfg, model, x, y, seed) -> tuple[dict, dict[str, bytes]]:  # noqa: A
             num_label_samples=int(cfg["fisher-label-samples"]), generator=generator,
         )
     else:
-        model.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(xs), ys).backward()
-        grads = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-        scores = saliency_scores(grads, flatten_params(model))
+        scores = model_saliency(model, xs, ys)
     upload = str(cfg["fisher-upload"])
     if upload == "sparse":
         k = k_for_density(scores.numel(), float(cfg["fisher-upload-density"]))
@@ -280,17 +277,21 @@ def _scores(cfg, model, x, y, seed) -> tuple[dict, dict[str, bytes]]:  # noqa: A
 def _inject_faults(cfg: dict, partition_id: int, context: Context) -> None:
     """Fault drills from the run config: forget state at a round, fail a fraction of messages."""
     server_round = int(cfg["server-round"])
-    for item in filter(None, str(cfg.get("fault-forget-state", "")).split(",")):
-        partition, at_round = (int(v) for v in item.split("@"))
-        if partition == partition_id and at_round == server_round and str(cfg["task"]) != "evaluate":
-            context.state.config_records.pop(_NODE, None)
-            context.state.array_records.pop(_BASE, None)
+    forget_at = parse_forget_state(str(cfg.get("fault-forget-state", "")))
+    if forget_at.get(partition_id) == server_round and str(cfg["task"]) != "evaluate":
+        _drop_state(context)
     fraction = float(cfg.get("fault-fail-fraction", 0.0))
     if fraction > 0:
         key = f"{cfg['seed']}/{server_round}/{partition_id}/{cfg['task']}".encode()
         draw = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") / 2**64
         if draw < fraction:
             raise RuntimeError(f"injected failure (fault-fail-fraction={fraction})")
+
+
+def _drop_state(context: Context) -> None:
+    """Forget the base model, mask and versions (as a restarted node would have)."""
+    context.state.config_records.pop(_NODE, None)
+    context.state.array_records.pop(_BASE, None)
 
 
 def _seed(cfg: dict, partition_id: int) -> int:

@@ -100,7 +100,7 @@ class RunConfig:
             _check_field(f, getattr(self, f.name))
         if not self.run_name or "/" in self.run_name or self.run_name.startswith("."):
             raise ConfigError(f"run-name: must be a plain folder name, got {self.run_name!r}")
-        _parse_forget_state(self.fault_forget_state)
+        parse_forget_state(self.fault_forget_state)
         if self.public_initial_model and not self.initial_model:
             raise ConfigError("public-initial-model: needs initial-model (the checkpoint every client holds)")
         if MODEL_FOR_DATASET[self.dataset] != self.model:
@@ -125,12 +125,6 @@ class RunConfig:
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
-
-    @property
-    def forget_state(self) -> dict[int, int]:
-        """``fault-forget-state`` parsed: partition id -> round at which it drops its state."""
-        return _parse_forget_state(self.fault_forget_state)
-
 
 def _coerce(key: str, f: dataclasses.Field[Any], value: Any) -> Any:
     expected = type(f.default)
@@ -170,7 +164,7 @@ def _check_field(f: dataclasses.Field[Any], value: Any) -> None:
             raise ConfigError(f"{key}: must be in {left}{lo}, {right}, got {value!r}")
 
 
-def _parse_forget_state(spec: str) -> dict[int, int]:
+def parse_forget_state(spec: str) -> dict[int, int]:
     """``"1@3,2@4"`` -> {1: 3, 2: 4}: partition 1 forgets its state before round 3, ..."""
     out: dict[int, int] = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):

@@ -21,7 +21,7 @@ from fedfish.accounting import TrafficLog
 from fedfish.data import DATASETS, load_images
 from fedfish.fisher import diagonal_fisher
 from fedfish.layout import ParamLayout, load_flat_params, params_digest
-from fedfish.masks import saliency_scores
+from fedfish.masks import model_saliency
 from fedfish.models import build_model, head_names
 from fedfish.partition import holdout_indices
 from simulations.checkpoint import RoundOffset, ServerState, load_checkpoint, remove_checkpoint, save_checkpoint
@@ -208,10 +208,7 @@ def server_scores_fn(cfg: RunConfig, model: torch.nn.Module):  # noqa: ANN201 - 
     def scores(flat: torch.Tensor) -> torch.Tensor:
         load_flat_params(scratch, flat)
         if cfg.strategy == "saliency":
-            scratch.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(scratch(proxy_x), proxy_y).backward()
-            grads = torch.cat([p.grad.reshape(-1) for p in scratch.parameters()])
-            return saliency_scores(grads, flat)
+            return model_saliency(scratch, proxy_x, proxy_y)
         generator = torch.Generator().manual_seed(cfg.seed)
         return diagonal_fisher(scratch, proxy_x, proxy_y, cfg.fisher_type,
                                num_label_samples=cfg.fisher_label_samples, generator=generator)

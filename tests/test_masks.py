@@ -17,6 +17,7 @@ from fedfish.masks import (
     Mask,
     k_for_density,
     magnitude_scores,
+    model_saliency,
     per_layer_top_k_mask,
     random_mask,
     saliency_scores,
@@ -289,3 +290,19 @@ def test_saliency_scores_rejects_invalid(
 def test_magnitude_scores_rejects_non_flat() -> None:
     with pytest.raises(ValueError, match="params must be a non-empty 1-D"):
         magnitude_scores(torch.ones(2, 2))
+
+
+def test_model_saliency_is_abs_gradient_times_weight() -> None:
+    # Prepare: a linear softmax model, whose mean cross-entropy gradient is known in closed form
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(5, 4), torch.tensor([0, 2, 1, 1, 0])
+    p = torch.softmax(model(x), dim=1).detach()
+    d = (p - torch.nn.functional.one_hot(y, 3).float()) / len(x)  # dL/dlogits
+    expected = torch.cat([(d.T @ x).reshape(-1) * model.weight.detach().reshape(-1),
+                          d.sum(0) * model.bias.detach()]).abs()
+    # Execute
+    got = model_saliency(model, x, y)
+    # Assert
+    torch.testing.assert_close(got, expected)
+    assert model.weight.grad is None and model.bias.grad is None

@@ -257,3 +257,17 @@ def test_node_without_the_public_checkpoint_gets_the_dense_base(checkpoint: str)
     assert syncs[(1, 1001)] != "full" and syncs[(2, 1001)] == "full" and syncs[(2, 1000)] == "delta-mask"
     assert strategy.round_stats[3].clients_ok == 3
     assert strategy.no_public_base == {1}
+
+
+@pytest.mark.parametrize("strategy", ["saliency", "magnitude", "random-fixed", "random-per-round", "topk-ef"])
+def test_every_sparse_baseline_runs_through_the_same_harness(strategy: str) -> None:
+    # Prepare / Execute
+    bad_or_failed = 0
+    strategy_obj, _, traffic, snaps = run(BASE.replace(strategy=strategy, density=0.05), rounds=2)
+    for stats in strategy_obj.round_stats.values():
+        bad_or_failed += stats.clients_rejected + stats.clients_failed + stats.clients_resynced
+    # Assert: every reply accepted, the model moved, and round 2 uplinks carry ~5% of the model
+    assert bad_or_failed == 0
+    assert not torch.equal(snaps[2], snaps[1])
+    up = traffic.to_frame().query("server_round == 2 and direction == 'up'")
+    assert (up.payload_bytes < 0.1 * 4 * strategy_obj.layout.num_params).all()
