@@ -13,7 +13,7 @@ import pandas as pd
 
 from fedfish.codec import value_bytes
 
-PHASES: tuple[str, ...] = ("warmup", "calibration", "mask", "train", "evaluate")
+PHASES: tuple[str, ...] = ("enrol", "warmup", "calibration", "mask", "train", "evaluate")
 """Protocol phases a message can belong to."""
 
 DIRECTIONS: tuple[str, ...] = ("down", "up")

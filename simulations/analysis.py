@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedfish.accounting import PHASES as PHASE_ORDER
 from simulations.results import read_run
 
 MB = 1e6
 POINT_FILE = "sweep-point.json"
 # clients.csv phases that are paid once per node or per mask, not per round.
-ONE_TIME_PHASES = ("warmup", "calibration", "mask")
-PHASE_ORDER = ("warmup", "calibration", "mask", "train", "evaluate")
+ONE_TIME_PHASES = ("enrol", "warmup", "calibration", "mask")
 DIRECTIONS = {"": "total", "_up": "uplink", "_down": "downlink"}
 
 
@@ -271,8 +271,8 @@ def best_savings(table: pd.DataFrame, strategy: str = "fedfish") -> pd.DataFrame
 def phase_bytes(clients: pd.DataFrame) -> pd.DataFrame:
     """Wire bytes per run, phase and direction (rows: run, phase; columns: up, down, total).
 
-    Phases in :data:`PHASE_ORDER`; ``warmup``, ``calibration`` and ``mask`` (dense base
-    sync and mask delivery) are the one-time costs.
+    Phases in :data:`PHASE_ORDER`; ``enrol`` (a node's first contact), ``warmup``,
+    ``calibration`` and ``mask`` (dense base sync and mask delivery) are the one-time costs.
     """
     table = clients.pivot_table(index=["run", "phase"], columns="direction", values="wire_bytes",
                                 aggfunc="sum", fill_value=0)

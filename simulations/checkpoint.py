@@ -7,7 +7,8 @@ either the previous round's checkpoint or this one, never half a file. It holds:
 - the round number and the run config it belongs to;
 - the global model (``state_dict``);
 - the strategy's state (:meth:`strategies.fedfish.FedFish.state_dict`: change history,
-  mask and version, which partition holds which model/mask version, its sampling RNG);
+  mask and version, which partition holds which model/mask version, the node -> partition
+  map, the run token, its sampling RNG);
 - Python's global ``random`` state (Flower's FedAvg samples with it) and torch's;
 - the byte log so far (every :class:`fedfish.accounting.TrafficRecord`) and the rows
   of ``rounds.csv``.
@@ -16,11 +17,12 @@ A run started again with ``resume=true`` and the same ``run-name`` loads it, che
 the config matches, and runs the remaining rounds through :class:`RoundOffset`, so
 round numbers, seeds and logs continue as if nothing had happened.
 
-What does not carry over: node ids (random per run; holdings are keyed by partition id,
-and a node is treated as holding nothing until it has replied once, so every node gets
-the dense model in the first round after a resume) and client-side state (in
-simulation, ``context.state`` dies with the process; top-k error-feedback memories live
-there). See ``docs/architecture.md`` (Reliability).
+Client-side state (base, mask, top-k error-feedback memories) is not in here: each
+ClientApp keeps its own on disk (:mod:`simulations.client_state`), tagged with the run
+token that the strategy state carries. Node ids are random per run, so after a restart
+the server enrols nodes it does not know (a small query per node, phase ``enrol``) and
+learns their partition and holdings before it sends anything else. See
+``docs/architecture.md`` (Reliability).
 """
 
 from __future__ import annotations

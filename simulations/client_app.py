@@ -2,10 +2,13 @@
 
 The node keeps in ``context.state`` (it survives across rounds in simulation and on a
 SuperNode) the dense base model at the model version it last received, the current
-mask and, for top-k, its error-feedback memory. Every message says which model version
-it brings the node to and which version it assumes the node holds; a node that lacks
-that base (it restarted, or lost state) answers ``need-base`` instead of guessing, and
-the server sends it the dense base next time.
+mask and, for top-k, its error-feedback memory, and mirrors it to disk
+(:mod:`simulations.client_state`) so that it survives a restart of the node or of the
+whole run. Every message says which model version it brings the node to and which
+version it assumes the node holds; a node that lacks that base (it lost its state)
+answers ``need-base`` instead of guessing, and the server sends it the dense base next
+time. An ``enrol`` query (the server's first message to a node it does not know) asks
+only for the node's partition and the versions it holds.
 """
 
 from __future__ import annotations
@@ -28,13 +31,13 @@ from fedfish.layout import ParamLayout, flatten_params, load_flat_params, params
 from fedfish.masks import Mask, k_for_density, model_saliency, random_mask
 from fedfish.models import build_model, head_names
 from fedfish.training import TrainConfig, evaluate, masked_train
+from simulations import client_state
+from simulations.client_state import BASE as _BASE
+from simulations.client_state import NODE as _NODE
 from simulations.config import parse_forget_state
 from strategies import records
 
 app = ClientApp()
-
-_BASE = "fedfish-base"  # ArrayRecord: "params" (P,) fp32, "ef-memory" (P,) fp32
-_NODE = "fedfish-node"  # ConfigRecord: model-version, mask-version, mask (bytes) or mask-seed
 
 
 class NeedBase(Exception):
@@ -67,13 +70,19 @@ def _handle(msg: Message, context: Context) -> Message:
     cfg = dict(msg.content.config_records[records.CONFIG])
     payloads = {k: v for k, v in msg.content.config_records[records.PAYLOAD].items() if isinstance(v, bytes)}
     partition_id = int(context.node_config["partition-id"])
+    if str(cfg["task"]) == "enrol":
+        client_state.restore(cfg, context)
+        node = context.state.config_records.get(_NODE, ConfigRecord())
+        held = (int(node.get("model-version", -1)), int(node.get("mask-version", -1)))
+        return Message(records.uplink(records.STATUS_OK, *held, {"num-examples": 0}, {}, partition_id), reply_to=msg)
     _inject_faults(cfg, partition_id, context)
+    client_state.restore(cfg, context)
     node = context.state.config_records.get(_NODE, ConfigRecord())
     try:
         base = _synced_base(cfg, payloads, context)
         mask = _current_mask(cfg, payloads, node, base.numel())
     except NeedBase:
-        _drop_state(context)
+        client_state.forget(cfg, context)
         content = records.uplink(records.STATUS_NEED_BASE, -1, -1, {"num-examples": 0}, {}, partition_id)
         return Message(content, reply_to=msg)
 
@@ -99,6 +108,7 @@ def _handle(msg: Message, context: Context) -> Message:
     if mask is not None:
         node["mask-version"] = mask.version
     context.state.config_records[_NODE] = node
+    client_state.persist(cfg, context)
     mask_version = int(node.get("mask-version", -1))
     content = records.uplink(records.STATUS_OK, int(cfg["model-version"]), mask_version, metrics, out, partition_id)
     return Message(content, reply_to=msg)
@@ -279,19 +289,13 @@ def _inject_faults(cfg: dict, partition_id: int, context: Context) -> None:
     server_round = int(cfg["server-round"])
     forget_at = parse_forget_state(str(cfg.get("fault-forget-state", "")))
     if forget_at.get(partition_id) == server_round and str(cfg["task"]) != "evaluate":
-        _drop_state(context)
+        client_state.forget(cfg, context)
     fraction = float(cfg.get("fault-fail-fraction", 0.0))
     if fraction > 0:
         key = f"{cfg['seed']}/{server_round}/{partition_id}/{cfg['task']}".encode()
         draw = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") / 2**64
         if draw < fraction:
             raise RuntimeError(f"injected failure (fault-fail-fraction={fraction})")
-
-
-def _drop_state(context: Context) -> None:
-    """Forget the base model, mask and versions (as a restarted node would have)."""
-    context.state.config_records.pop(_NODE, None)
-    context.state.array_records.pop(_BASE, None)
 
 
 def _seed(cfg: dict, partition_id: int) -> int:

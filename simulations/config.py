@@ -12,6 +12,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 STRATEGIES = ("fedavg", "fedfish", "random-fixed", "random-per-round", "magnitude", "saliency", "topk-ef")
@@ -91,6 +92,7 @@ class RunConfig:
     run_name: str = "fedfish"
     results_dir: str = "results"
     resume: bool = False
+    client_state_dir: str = ""
     # Fault injection for reliability tests and drills (0 / "" = off)
     fault_fail_fraction: float = field(default=0.0, metadata=_range(0.0, 1.0))
     fault_forget_state: str = ""
@@ -121,6 +123,12 @@ class RunConfig:
     def to_mapping(self) -> dict[str, Any]:
         """Kebab-case keys and plain values (JSON- and TOML-ready)."""
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+    def client_state_folder(self) -> str:
+        """Absolute parent folder of the clients' on-disk state ("" = memory only); see ``client-state-dir``."""
+        if self.client_state_dir == "off":
+            return ""
+        return str(Path(self.client_state_dir or Path(self.results_dir) / "client-state").resolve())
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with some fields changed (validated again)."""
@@ -221,7 +229,10 @@ KEY_HELP: dict[str, str] = {
     "run-name": "results go to <results-dir>/<run-name>/",
     "results-dir": "parent folder of run folders",
     "resume": "continue the run of the same name from its last complete round",
-    "fault-fail-fraction": "fault drill: fraction of client messages that fail on purpose",
+    "client-state-dir": "where clients keep their state (base, mask, top-k memory) across restarts and resumes, as "
+    "`<dir>/<run-name>/partition-<id>.pt`; \"\" = `<results-dir>/client-state`, `off` = memory only; "
+    "a SuperNode's `--node-config state-dir=...` wins",
+    "fault-fail-fraction": "fault drill: fraction of client train/evaluate/calibration messages that fail on purpose",
     "fault-forget-state": "fault drill: `partition@round,...` nodes that drop their state (a restart)",
 }
 

@@ -40,7 +40,7 @@ CLIENT_KEYS = (
     "model", "dataset", "data-root", "partitioner", "alpha", "classes-per-partition", "num-partitions",
     "samples-per-client", "holdout-fraction", "seed", "local-epochs", "batch-size", "lr", "optimizer", "momentum",
     "weight-decay", "fisher-type", "fisher-samples", "fisher-label-samples", "fisher-upload",
-    "fisher-upload-density", "fault-fail-fraction", "fault-forget-state",
+    "fisher-upload-density", "fault-fail-fraction", "fault-forget-state", "run-name",
 )
 MASK_SOURCE_OF = {
     "fedfish": "fisher", "saliency": "saliency", "magnitude": "magnitude",
@@ -161,7 +161,7 @@ def build_strategy(cfg: RunConfig, model: torch.nn.Module, *, max_examples: int)
     return FedFish(
         layout=layout,
         head=layout.indicator(head_names(model)),
-        client_config=client_config(cfg) | public_base_config(cfg, model),
+        client_config=client_config(cfg) | public_base_config(cfg, model) | {"client-state-dir": cfg.client_state_folder()},
         mask_source=MASK_SOURCE_OF[cfg.strategy],
         update="topk-ef" if cfg.strategy == "topk-ef" else "values",
         density=cfg.density,

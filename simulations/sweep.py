@@ -250,7 +250,11 @@ def _folder_part(label: str) -> str:
 
 def point_status(point: Point) -> str:
     """``done`` (finished with this very config), ``stale`` (folder from another config or a
-    half-written run) or ``new``."""
+    half-written run) or ``new``.
+
+    A point recorded before a run-config key existed counts as run with that key's default
+    (new keys default to the old behaviour), so adding a key does not redo a sweep.
+    """
     marker = point.run_dir / POINT_FILE
     if not marker.is_file():
         return "stale" if point.run_dir.exists() else "new"
@@ -258,7 +262,12 @@ def point_status(point: Point) -> str:
         info = json.loads(marker.read_text())
     except json.JSONDecodeError:
         return "stale"
-    done = info.get("status") == "done" and info.get("config") == point.config.to_mapping()
+    recorded = info.get("config")
+    if info.get("status") != "done" or not isinstance(recorded, dict):
+        return "stale"
+    current = point.config.to_mapping()
+    defaults = RunConfig().to_mapping()
+    done = all(recorded.get(key, defaults[key]) == value for key, value in current.items())
     return "done" if done else "stale"
 
 
@@ -308,6 +317,7 @@ def run_sweep(sweep: Sweep, runner: Runner | None = None, *, progress: bool = Tr
         if error is None:
             error = _check_complete(point)
         seconds = round(time.time() - started, 1)
+        _remove_client_state(point)
         if error is None:
             _mark(point, "done", seconds=seconds)
             report.done.append(point.name)
@@ -317,6 +327,14 @@ def run_sweep(sweep: Sweep, runner: Runner | None = None, *, progress: bool = Tr
             say(f"FAILED {point.name}: {error}")
     bar.close()
     return report
+
+
+def _remove_client_state(point: Point) -> None:
+    # A point is never resumed (a half-written one is redone), so its clients' on-disk
+    # state (~7 MB per client) is of no further use.
+    folder = point.config.client_state_folder()
+    if folder:
+        shutil.rmtree(Path(folder) / point.config.run_name, ignore_errors=True)
 
 
 def _mark(point: Point, status: str, **extra: Any) -> None:

@@ -21,15 +21,20 @@ every ``mask_refresh`` rounds (0 = fixed). Downlinks send a node only what it la
 (:class:`fedfish.sync.ChangeHistory`): the dense base once, then only the values that
 changed since the model version it acknowledged.
 
-What a client holds is keyed by its ``partition-id`` (learned from its acks), not by
-its node id: node ids are random per run, partition ids name the data and stay. Replies
-are summed in partition order and nodes are sampled with the strategy's own seeded RNG
-over partition-ordered nodes, so two runs with the same seed aggregate bit-identically.
+What a client holds is keyed by its ``partition-id``, not by its node id: node ids are
+random per run (and per SuperNode registration), partition ids name the data and stay.
+Before sampling, every connected node the server does not know yet is sent a small
+``enrol`` query (phase ``enrol`` in the byte log) that returns its partition and the
+model and mask versions it holds (clients keep those on disk, so after a restart or a
+resumed run a node needs deltas, not the dense model). Replies are summed in partition
+order and nodes are sampled with the strategy's own seeded RNG over partition-ordered
+nodes, so two runs with the same seed aggregate bit-identically.
 """
 
 from __future__ import annotations
 
 import random
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -51,6 +56,8 @@ from strategies.replies import ReplyBatch, check_replies
 
 MASK_SOURCES = ("fisher", "saliency", "magnitude", "random-fixed", "random-per-round")
 UPDATES = ("values", "topk-ef")
+# What an enrolling node needs to find its on-disk state (simulations.client_state).
+ENROL_KEYS = ("run-name", "run-token", "client-state-dir")
 
 
 @dataclass
@@ -115,6 +122,9 @@ class FedFish(Strategy):
         Every node can load the initial model itself (a public checkpoint; clients check its
         digest): a node never heard from is taken to hold model version 0, so it gets
         deltas from the checkpoint instead of the dense model.
+    run_token : str | None (default: None)
+        Names this run in the clients' on-disk state, so a node never builds on another
+        run's base; None draws a fresh one (a resumed run restores it from the checkpoint).
     """
 
     def __init__(  # noqa: PLR0913 - a strategy is configured by keyword, like Flower's
@@ -141,6 +151,7 @@ class FedFish(Strategy):
         max_update_norm: float | None = None,
         seed: int = 0,
         public_base: bool = False,
+        run_token: str | None = None,
     ) -> None:
         _check_choice("mask_source", mask_source, MASK_SOURCES)
         _check_choice("update", update, UPDATES)
@@ -167,7 +178,7 @@ class FedFish(Strategy):
             raise ValueError("FedFish: fisher_source='server' needs server_scores_fn")
         self.layout = layout
         self.head = head
-        self.client_config = dict(client_config)
+        self.client_config = dict(client_config) | {"run-token": run_token or secrets.token_hex(16)}
         self.mask_source = mask_source
         self.update = update
         self.density = density
@@ -196,7 +207,7 @@ class FedFish(Strategy):
         self.mask_built_round = 0
         self.held_model: dict[int, int] = {}  # partition -> model version it acknowledged
         self.held_mask: dict[int, int] = {}  # partition -> mask version it acknowledged
-        self.partition_of: dict[int, int] = {}  # node id -> partition id, from this run's acks
+        self.partition_of: dict[int, int] = {}  # node id -> partition id, from enrolment and acks
         self.round_stats: dict[int, RoundStats] = {}
         self._global: torch.Tensor | None = None
         self._arrays: ArrayRecord | None = None
@@ -220,7 +231,7 @@ class FedFish(Strategy):
         """Sample nodes, (re)build the mask if due, and send each node what it lacks."""
         self._set_global(arrays)
         stats = self.round_stats.setdefault(server_round, RoundStats())
-        nodes = self._sample(grid, self.fraction_train)
+        nodes = self._sample(server_round, grid, self.fraction_train)
         self._train_nodes = nodes
         phase = "warmup" if self._is_dense_round(server_round) else "train"
         stats.phase = phase
@@ -287,7 +298,7 @@ class FedFish(Strategy):
         if self.fraction_evaluate == 0.0:
             return []
         self._set_global(arrays)
-        nodes = self._sample(grid, self.fraction_evaluate)
+        nodes = self._sample(server_round, grid, self.fraction_evaluate)
         task_config = dict(config) | self.client_config | {"server-round": server_round, "task": "evaluate"}
         return [
             Message(
@@ -310,11 +321,13 @@ class FedFish(Strategy):
     def state_dict(self) -> dict[str, object]:
         """Server-side strategy state, for checkpoints.
 
-        Holdings are keyed by partition id and survive a restart; the node id ->
-        partition map does not (node ids are per run) and is relearned from acks, so
-        until a node has replied it is treated as holding nothing (dense resync).
+        Holdings are keyed by partition id. The node id -> partition map is kept too: it
+        still holds where the SuperLink and SuperNodes outlived the ServerApp; nodes with
+        new ids are enrolled again.
         """
         return {
+            "run_token": self.client_config["run-token"],
+            "partition_of": dict(self.partition_of),
             "history": self.history.state_dict(),
             "mask": None if self.mask is None else (self.mask.bits.clone(), self.mask.version),
             "mask_seed": self.mask_seed,
@@ -336,7 +349,8 @@ class FedFish(Strategy):
         self.held_mask = dict(state["held_mask"])  # type: ignore[arg-type]
         self.no_public_base = set(state["no_public_base"])  # type: ignore[arg-type]
         self.rng.setstate(state["rng"])  # type: ignore[arg-type]
-        self.partition_of = {}
+        self.client_config["run-token"] = str(state["run_token"])
+        self.partition_of = dict(state["partition_of"])  # type: ignore[arg-type]
         self.downlink.clear()
 
     # ------------------------------------------------------------------ helpers
@@ -378,17 +392,51 @@ class FedFish(Strategy):
         self.downlink.clear()
         return ArrayRecord(state)
 
-    def _sample(self, grid: Grid, fraction: float) -> list[int]:
-        """Sample with ``self.rng`` over nodes in partition order (unknown nodes last,
-        by node id): the same seed picks the same partitions in every run."""
+    def _sample(self, server_round: int, grid: Grid, fraction: float) -> list[int]:
+        """Enrol unknown nodes, then sample with ``self.rng`` over nodes in partition order
+        (nodes that failed to enrol last, by node id): the same seed picks the same
+        partitions in every run."""
         nodes = list(grid.get_node_ids())
         while len(nodes) < self.min_available_nodes:
             log(INFO, "Waiting for nodes to connect: %d connected, %d needed", len(nodes), self.min_available_nodes)
             time.sleep(1.0)
             nodes = list(grid.get_node_ids())
+        self._enrol(server_round, [node for node in nodes if node not in self.partition_of], grid)
         ordered = sorted(nodes, key=self._node_order)
         size = max(int(len(ordered) * fraction), 1)
         return sorted(self.rng.sample(ordered, size), key=self._node_order)
+
+    def _enrol(self, server_round: int, nodes: list[int], grid: Grid) -> None:
+        """Ask nodes the server has not heard from for their partition and holdings.
+
+        A node's claim only ever lowers what the server assumes it holds: a node that
+        got the next version in a round the server did not checkpoint is sent that
+        round's delta again (harmless, and the resumed run's traffic equals an
+        uninterrupted one's), and a claimed mask newer than the server's (rebuilt in such a
+        round) counts as no mask.
+        """
+        if not nodes:
+            return
+        config = {key: self.client_config[key] for key in ENROL_KEYS if key in self.client_config}
+        config |= {"server-round": server_round, "task": "enrol", "phase": "enrol"}
+        messages = [
+            Message(content=records.downlink(config, {}), message_type=MessageType.QUERY, dst_node_id=node)
+            for node in nodes
+        ]
+        replies = grid.send_and_receive(messages, timeout=self.round_timeout)
+        batch = check_replies(replies, decode=None, max_examples=self.max_examples, min_examples=0,
+                              max_model_version=self.history.version)
+        current_mask = self.mask.version if self.mask is not None else -1
+        for reply, _ in batch.accepted:
+            self.partition_of[reply.node_id] = reply.partition_id
+            held = ((self.held_model, reply.model_version, self.history.version),
+                    (self.held_mask, reply.mask_version, current_mask))
+            for holdings, version, newest in held:
+                if 0 <= version <= newest:
+                    holdings[reply.partition_id] = min(holdings.get(reply.partition_id, version), version)
+                else:
+                    holdings.pop(reply.partition_id, None)
+        log(INFO, "Round %d: enrolled %d of %d new node(s)", server_round, len(batch.accepted), len(nodes))
 
     def _node_order(self, node: int) -> tuple[int, int]:
         partition = self.partition_of.get(node)

@@ -78,7 +78,7 @@ class MeteredGrid(Grid):
         Where records go, one per message and direction.
     model_bytes : int
         Dense fp32 size of the model in bytes: the dense-equivalent of any message that
-        carries a model or a per-parameter vector (all but evaluation replies).
+        carries a model or a per-parameter vector (all but evaluation replies and enrolment).
     """
 
     def __init__(self, grid: Grid, traffic: TrafficLog, model_bytes: int) -> None:
@@ -154,7 +154,7 @@ class MeteredGrid(Grid):
                     node_id=int(m.metadata.dst_node_id),
                     wire_bytes=wire_bytes(m),
                     payload_bytes=payload_bytes(m),
-                    dense_equivalent_bytes=self.model_bytes,
+                    dense_equivalent_bytes=0 if phase == "enrol" else self.model_bytes,
                 )
             )
 
@@ -165,7 +165,7 @@ class MeteredGrid(Grid):
             server_round, phase, message_type, node_id = self._sent.pop(
                 r.metadata.reply_to_message_id, (0, "train", r.metadata.message_type, int(r.metadata.src_node_id))
             )
-            carries_vector = message_type != MessageType.EVALUATE and not r.has_error()
+            carries_vector = message_type != MessageType.EVALUATE and phase != "enrol" and not r.has_error()
             self.traffic.add(
                 TrafficRecord(
                     server_round=server_round,

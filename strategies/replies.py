@@ -88,6 +88,7 @@ def check_replies(  # noqa: PLR0913 - one keyword per check
     *,
     decode: Callable[[Reply], torch.Tensor] | None,
     max_examples: int | None = None,
+    min_examples: int = 1,
     required_payloads: tuple[str, ...] = ("update",),
     max_model_version: int | None = None,
     update_norm: Callable[[torch.Tensor], float] | None = None,
@@ -105,6 +106,8 @@ def check_replies(  # noqa: PLR0913 - one keyword per check
         None for replies without payloads (evaluation).
     max_examples : int | None (default: None)
         Upper bound on a reply's ``num-examples``.
+    min_examples : int (default: 1)
+        Lower bound on an ``ok`` reply's ``num-examples`` (0 for enrolment replies).
     required_payloads : tuple[str, ...] (default: ("update",))
         Payload keys an ``ok`` reply must carry (ignored when ``decode`` is None).
     max_model_version : int | None (default: None)
@@ -128,6 +131,7 @@ def check_replies(  # noqa: PLR0913 - one keyword per check
                 message,
                 required_payloads=required_payloads if decode is not None else (),
                 max_examples=max_examples,
+                min_examples=min_examples,
             )
             seen.claim(reply)
             if max_model_version is not None and reply.model_version > max_model_version:

@@ -1,9 +1,14 @@
 """Kill a real simulation mid-run, resume it, and compare with an uninterrupted run.
 
-Three ``python -m simulations.run`` processes (Ray simulation, 3 SuperNodes, 4 rounds,
-30 % of client messages failing on purpose): one uninterrupted; one SIGKILLed, with its
-whole process group (Ray's GCS, raylet and workers included), once round 2 is in its
-rounds.csv; and that run started again with ``resume=true``.
+Three ``python -m simulations.run`` processes (Ray simulation, 3 SuperNodes, 4 rounds):
+one uninterrupted; one SIGKILLed, with its whole process group (Ray's GCS, raylet and
+workers included), once round 2 is in its rounds.csv; and that run started again with
+``resume=true``. The two run names have the same length, because the run name travels
+in every message (clients file their on-disk state under it).
+
+No failure drill here: Ray puts the worker's traceback, process ids included, in an
+error reply, so error replies differ by a few bytes between any two runs. Failures with
+a resume are compared byte for byte in ``tests/test_reliability.py`` (in-process Grid).
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ import psutil
 import pytest
 import torch
 
+from tests.resume_checks import assert_resumed_equals_uninterrupted
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = (
     "strategy=fedfish", "density=0.05", "num-partitions=3", "samples-per-client=48", "batch-size=16",
-    "fisher-samples=16", "eval-samples=200", "num-server-rounds=4", "seed=11", "fault-fail-fraction=0.3",
+    "fisher-samples=16", "eval-samples=200", "num-server-rounds=4", "seed=11",
 )
 RUN_TIMEOUT_S = 300
 
@@ -79,8 +86,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
         started.append(reference := _start(results, "reference"))
         _wait(reference)
         # The run to kill: SIGKILL its group as soon as round 2 is logged.
-        started.append(victim := _start(results, "resumed"))
-        rounds_csv = results / "resumed" / "rounds.csv"
+        started.append(victim := _start(results, "restarted"))
+        rounds_csv = results / "restarted" / "rounds.csv"
         deadline = time.monotonic() + RUN_TIMEOUT_S
         rounds_at_kill: list[int] = []
         while time.monotonic() < deadline and victim.poll() is None:
@@ -95,12 +102,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
         survivors = [p.pid for p in members if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         ray_members = [p for p in members if p.pid != victim.pid]
         # Resume it.
-        started.append(resumed := _start(results, "resumed", "resume=true"))
+        started.append(resumed := _start(results, "restarted", "resume=true"))
         _wait(resumed)
         yield {
             "results": results, "rounds_at_kill": rounds_at_kill, "survivors": survivors,
             "num_members": len(ray_members),
-            "log": (results / "resumed-1.log").read_text(),
+            "log": (results / "restarted-1.log").read_text(),
         }
     finally:
         for proc in started:
@@ -125,31 +132,20 @@ def test_resumed_run_continued_from_a_checkpoint(runs) -> None:
 
 
 def test_resumed_final_model_equals_uninterrupted(runs) -> None:
-    reference, resumed = _model(runs["results"] / "reference"), _model(runs["results"] / "resumed")
+    reference, resumed = _model(runs["results"] / "reference"), _model(runs["results"] / "restarted")
     assert reference.keys() == resumed.keys()
     for name in reference:
         assert torch.equal(reference[name], resumed[name]), name
 
 
-def test_resumed_rounds_csv_equals_uninterrupted(runs) -> None:
+def test_resumed_logs_equal_uninterrupted_but_for_reenrolment(runs) -> None:
     # Prepare
     results = runs["results"]
-    reference = pd.read_csv(results / "reference" / "rounds.csv").set_index("round")
-    resumed = pd.read_csv(results / "resumed" / "rounds.csv").set_index("round")
+    reference = pd.read_csv(results / "reference" / "rounds.csv")
     resumed_after = int(runs["log"].split("resuming after round ")[1].split()[0].rstrip(","))
-    # Assert: accuracy, counts and uplink payloads are equal in every round
-    assert list(resumed.index) == [0, 1, 2, 3, 4]
-    assert reference["clients_failed"].sum() > 0  # the fault drill really failed messages
-    exact = ["phase", "accuracy", "loss", "mask_density", "clients_ok", "clients_failed", "clients_rejected",
-             "clients_resynced", "skipped", "payload_bytes_up", "dense_equivalent_bytes_up",
-             "dense_equivalent_bytes_down"]
-    pd.testing.assert_frame_equal(resumed[exact], reference[exact])
-    # Downlink payloads are equal up to the checkpoint; after it, nodes with new ids get the
-    # dense model until they have acknowledged once (documented resync), never less.
-    before = reference.index <= resumed_after
-    assert (resumed.loc[before, "payload_bytes_down"] == reference.loc[before, "payload_bytes_down"]).all()
-    assert (resumed.loc[~before, "payload_bytes_down"] >= reference.loc[~before, "payload_bytes_down"]).all()
-    # Wire bytes count the random run/node ids at full width, so they are reproducible too:
-    # uplinks equal in every round, downlinks equal up to the checkpoint.
-    assert (resumed["bytes_up"] == reference["bytes_up"]).all()
-    assert (resumed.loc[before, "bytes_down"] == reference.loc[before, "bytes_down"]).all()
+    # Assert: every round is there once, and every client trained in each
+    assert (reference.loc[1:, "clients_ok"] == 3).all()
+    assert list(pd.read_csv(results / "restarted" / "rounds.csv")["round"]) == [0, 1, 2, 3, 4]
+    # rounds.csv and the byte log are equal, but for the new nodes' enrolment after the
+    # resume (the clients reloaded base, mask and versions from disk: no dense resync)
+    assert_resumed_equals_uninterrupted(results / "reference", results / "restarted", resumed_after + 1, num_nodes=3)

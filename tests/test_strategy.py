@@ -91,7 +91,12 @@ def test_logged_bytes_are_serialized_message_sizes() -> None:
     # Assert: every delivered message was logged once, at its serialized size
     down = frame[frame.direction == "down"]
     assert sorted(down.wire_bytes) == sorted(wire_bytes(m) for m in grid.delivered)
-    assert set(frame.phase) == {"calibration", "mask", "train"}
+    assert set(frame.phase) == {"enrol", "calibration", "mask", "train"}
+    # Enrolment: once per node and direction, in round 1 only, and small
+    enrol = frame[frame.phase == "enrol"]
+    assert set(enrol.server_round) == {1}
+    assert sorted(enrol.groupby("direction").node_id.apply(sorted).tolist()) == [[1000, 1001, 1002]] * 2
+    assert (enrol.payload_bytes == 0).all() and (enrol.wire_bytes < 1000).all()
     # Steady state: a synced node gets only the masked values, and sends only them
     k = strategy.mask.k
     steady = frame[(frame.server_round == 3)]
@@ -112,7 +117,7 @@ def test_node_that_lost_state_is_resynced() -> None:
     assert strategy.round_stats[3].clients_resynced == 1
     assert strategy.round_stats[3].clients_ok == 2
     syncs = {(int(m.content[records.CONFIG]["server-round"]), m.metadata.dst_node_id):
-             m.content[records.CONFIG]["sync"] for m in grid.delivered}
+             m.content[records.CONFIG]["sync"] for m in grid.delivered if m.content[records.CONFIG]["task"] != "enrol"}
     assert syncs[(3, 1001)] == "delta-mask"
     assert syncs[(4, 1001)] == "full"
     assert syncs[(4, 1000)] == "delta-mask"
@@ -236,7 +241,7 @@ def test_public_initial_model_is_never_sent_and_changes_nothing(checkpoint: str)
     frame = traffic.to_frame()
     dense = 4 * strategy.layout.num_params
     assert (frame.payload_bytes < dense / 10).all()
-    assert (sent_traffic.to_frame().query("server_round == 1 and direction == 'down'").payload_bytes >= dense).all()
+    assert (sent_traffic.to_frame().query("server_round == 1 and direction == 'down' and phase != 'enrol'").payload_bytes >= dense).all()
     assert frame.wire_bytes.sum() < sent_traffic.to_frame().wire_bytes.sum() / 5
     # ... and the run is the same run: the client's base is the checkpoint either way
     assert torch.equal(snaps[2], sent_snaps[2])
@@ -252,7 +257,7 @@ def test_node_without_the_public_checkpoint_gets_the_dense_base(checkpoint: str)
     strategy, grid, _, _ = run(cfg, rounds=3, grid=grid)
     # Assert: it said need-base once, then got the dense model, then trained
     syncs = {(int(m.content[records.CONFIG]["server-round"]), m.metadata.dst_node_id):
-             m.content[records.CONFIG]["sync"] for m in grid.delivered}
+             m.content[records.CONFIG]["sync"] for m in grid.delivered if m.content[records.CONFIG]["task"] != "enrol"}
     assert strategy.round_stats[1].clients_resynced == 1
     assert syncs[(1, 1001)] != "full" and syncs[(2, 1001)] == "full" and syncs[(2, 1000)] == "delta-mask"
     assert strategy.round_stats[3].clients_ok == 3

@@ -166,6 +166,21 @@ def test_rerun_skips_done_points_and_redoes_failed_half_written_and_changed_ones
     assert len(report_changed.done) == 4  # another lr: every point is stale
 
 
+def test_point_recorded_before_a_key_existed_is_done_only_if_the_key_is_at_its_default(tmp_path: Path) -> None:
+    # Prepare: a done point whose marker lacks one key (it ran before the key existed)
+    sweep = parse_sweep(_grid(axes={"seed": [0]}), tmp_path)
+    run_sweep(sweep, fake_runner()[0], progress=False)
+    marker = sweep.points[0].run_dir / POINT_FILE
+    info = json.loads(marker.read_text())
+    del info["config"]["client-state-dir"]
+    marker.write_text(json.dumps(info))
+    moved = parse_sweep(_grid(axes={"seed": [0]}, base={"client-state-dir": "elsewhere"}), tmp_path)
+
+    # Execute / Assert
+    assert point_status(sweep.points[0]) == "done"
+    assert point_status(moved.points[0]) == "stale"
+
+
 def test_a_point_that_writes_too_few_rounds_fails(tmp_path: Path) -> None:
     # Prepare
     sweep = parse_sweep(_grid(axes={"seed": [0]}), tmp_path)
