@@ -72,7 +72,8 @@ def pretrain(
         Fraction of the training set held out, in (0, 0.9]; must equal the runs'
         ``holdout-fraction`` for the split to be the one no client holds.
     epochs : int (default: 2)
-        Passes over the split, >= 1.
+        Passes over the split; 0 saves the seeded initial model untrained (a public
+        random init, for runs from scratch that need no dense model on the wire).
     batch_size, lr, momentum : int, float, float (default: 32, 0.05, 0.9)
         SGD settings.
     seed : int (default: 0)
@@ -92,7 +93,8 @@ def pretrain(
         raise ValueError(f"holdout_fraction must be in (0, 0.9], got {holdout_fraction}")
     if eval_samples < 0:
         raise ValueError(f"eval_samples must be >= 0, got {eval_samples}")
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer="sgd", momentum=momentum)
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
     # One thread: multi-threaded CPU reductions may sum in a different order run to run.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -103,7 +105,9 @@ def pretrain(
         model = build_model(MODEL_FOR_DATASET[dataset], DATASETS[dataset].num_classes)
         loader = DataLoader(TensorDataset(x[keep], y[keep]), batch_size=batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
-        masked_train(model, None, loader, config, device="cpu")
+        if epochs:
+            config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer="sgd", momentum=momentum)
+            masked_train(model, None, loader, config, device="cpu")
         test_x, test_y = load_images(dataset, "test", data_root)
         if eval_samples:
             test_x, test_y = test_x[:eval_samples], test_y[:eval_samples]

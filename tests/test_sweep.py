@@ -313,6 +313,25 @@ def test_pretrain_is_reproducible_and_trains_on_the_holdout_only(tiny_fmnist_dir
     assert other_seed.path.endswith("c.pt")
 
 
+def test_pretrain_with_zero_epochs_saves_the_seeded_initial_model(tiny_fmnist_dir, tmp_path: Path) -> None:  # noqa: ANN001
+    # Prepare
+    import torch
+
+    from fedfish.models import build_model
+    from simulations.pretrain import pretrain
+
+    # Execute
+    pretrain(tmp_path / "init.pt", holdout_fraction=0.3, epochs=0, seed=4, data_root=str(tiny_fmnist_dir.root))
+
+    # Assert: exactly what a run with seed 4 builds as its initial model
+    torch.manual_seed(4)
+    expected = build_model("cnn").state_dict()
+    saved = torch.load(tmp_path / "init.pt", weights_only=True)
+    assert saved.keys() == expected.keys() and all(torch.equal(saved[k], expected[k]) for k in saved)
+    with pytest.raises(ValueError, match="epochs must be >= 0"):
+        pretrain(tmp_path / "x.pt", holdout_fraction=0.3, epochs=-1, data_root=str(tiny_fmnist_dir.root))
+
+
 @pytest.mark.parametrize(("fraction", "match"), [(0.0, r"holdout_fraction must be in \(0, 0.9\]"),
                                                  (0.95, r"holdout_fraction must be in \(0, 0.9\]")])
 def test_pretrain_refuses_an_empty_or_oversized_holdout(fraction: float, match: str, tmp_path: Path) -> None:
