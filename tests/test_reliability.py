@@ -359,6 +359,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path: Path) -> None:
     # Prepare
     strategy = _strategy()
     strategy.held_model, strategy.held_mask = {0: 2, 4: 1}, {0: 2}
+    strategy.partition_of = {77: 0, 78: 4}
     strategy.rng.random()
     random.seed(123)
     state = ServerState.capture(
@@ -375,6 +376,8 @@ def test_checkpoint_round_trip_is_exact(tmp_path: Path) -> None:
     assert all(torch.equal(loaded.arrays[k], state.arrays[k]) for k in state.arrays)
     assert torch.equal(restored.mask.bits, MASK.bits) and restored.mask.version == MASK.version
     assert restored.held_model == {0: 2, 4: 1} and restored.held_mask == {0: 2}
+    assert restored.partition_of == {77: 0, 78: 4}
+    assert restored.client_config["run-token"] == strategy.client_config["run-token"] != _strategy().client_config["run-token"]
     assert restored.rng.random() == strategy.rng.random()
     assert restored.history.plan(1).kind == "delta" and torch.equal(restored.history.plan(1).positions, MASK.bits)
     loaded.restore_random()
@@ -385,7 +388,10 @@ def test_checkpoint_round_trip_is_exact(tmp_path: Path) -> None:
 def test_no_checkpoint_loads_as_none_and_a_foreign_file_is_refused(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path) is None
     torch.save({"something": 1}, tmp_path / "checkpoint.pt")
-    with pytest.raises(ValueError, match="not a format-1 FedFish checkpoint"):
+    with pytest.raises(ValueError, match="not a format-2 FedFish checkpoint"):
+        load_checkpoint(tmp_path)
+    torch.save({"format": 1}, tmp_path / "checkpoint.pt")  # before client state was on disk
+    with pytest.raises(ValueError, match="not a format-2 FedFish checkpoint"):
         load_checkpoint(tmp_path)
 
 
