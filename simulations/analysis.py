@@ -327,19 +327,13 @@ def plot_accuracy_vs_bytes(
     matplotlib.figure.Figure
     """
     _check_direction(direction)
-    plt = _pyplot()
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4.5))
+    fig, ax = _figure(ax)
     column = f"cumulative_bytes{direction}"
     for name, group in rounds.sort_values("round").groupby(by, sort=False):
         group = group[group[column] > 0]
-        label = group["label"].iloc[0] if by != "run" and "label" in group and len(group) else name
-        ax.plot(group[column] / MB, group["accuracy"], marker="o", ms=3, label=label)
+        ax.plot(group[column] / MB, group["accuracy"], marker="o", ms=3, label=_line_label(group, name, by))
     ax.set_xscale("log")
-    ax.set_xlabel(f"cumulative MB on the wire ({DIRECTIONS[direction]})")
-    ax.set_ylabel("test accuracy")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    _finish_lines(ax, f"cumulative MB on the wire ({DIRECTIONS[direction]})", "test accuracy", grid="both")
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig
@@ -347,39 +341,27 @@ def plot_accuracy_vs_bytes(
 
 def plot_accuracy_vs_round(rounds: pd.DataFrame, ax: Any = None, by: str = "run") -> object:
     """Accuracy per server round, one line per ``by`` group."""
-    plt = _pyplot()
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4.5))
+    fig, ax = _figure(ax)
     for name, group in rounds.sort_values("round").groupby(by, sort=False):
-        label = group["label"].iloc[0] if by != "run" and "label" in group else name
-        ax.plot(group["round"], group["accuracy"], marker="o", ms=3, label=label)
-    ax.set_xlabel("server round")
-    ax.set_ylabel("test accuracy")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+        ax.plot(group["round"], group["accuracy"], marker="o", ms=3, label=_line_label(group, name, by))
+    _finish_lines(ax, "server round", "test accuracy", grid="major")
     return fig
 
 
 def plot_bytes_per_round(rounds: pd.DataFrame, ax: Any = None, by: str = "label") -> object:
     """MB on the wire per round (both directions, log y), one line per ``by`` group."""
-    plt = _pyplot()
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4.5))
+    fig, ax = _figure(ax)
     per_round = rounds[rounds["round"] > 0].groupby([by, "round"], sort=False)["bytes_total"].mean().reset_index()
     for name, group in per_round.groupby(by, sort=False):
         ax.plot(group["round"], group["bytes_total"] / MB, marker="o", ms=3, label=name)
     ax.set_yscale("log")
-    ax.set_xlabel("server round")
-    ax.set_ylabel("MB per round (up + down)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    _finish_lines(ax, "server round", "MB per round (up + down)", grid="both")
     return fig
 
 
 def plot_phase_bytes(clients: pd.DataFrame, ax: Any = None, by: str = "label") -> object:
     """Stacked bars of total MB per phase (one-time costs as their own segments), mean per ``by`` group."""
-    plt = _pyplot()
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4.5))
+    fig, ax = _figure(ax)
     per_run = phase_bytes(clients)["total"].unstack("phase", fill_value=0)
     groups = clients.groupby("run")[by].first()
     per_group = per_run.groupby(groups.reindex(per_run.index), sort=False).mean() / MB
@@ -549,6 +531,25 @@ def _finals(rounds: pd.DataFrame, window: int = 1) -> pd.DataFrame:
 def _check_direction(direction: str) -> None:
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {list(DIRECTIONS)}, got {direction!r}")
+
+
+def _figure(ax: Any) -> tuple[Any, Any]:
+    """``ax`` and its figure, or a new figure of the notebooks' size."""
+    return (ax.figure, ax) if ax is not None else _pyplot().subplots(figsize=(7, 4.5))
+
+
+def _line_label(group: pd.DataFrame, name: object, by: str) -> object:
+    """A line's legend entry: the method's ``label`` when lines are not single runs."""
+    return group["label"].iloc[0] if by != "run" and "label" in group and len(group) else name
+
+
+def _finish_lines(ax: Any, xlabel: str, ylabel: str, grid: str) -> None:
+    """Axis labels, grid (``major`` or ``both``), legend and layout shared by the line plots."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which=grid, alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.figure.tight_layout()
 
 
 def _pyplot() -> Any:

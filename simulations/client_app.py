@@ -70,14 +70,13 @@ def _handle(msg: Message, context: Context) -> Message:
     cfg = dict(msg.content.config_records[records.CONFIG])
     payloads = {k: v for k, v in msg.content.config_records[records.PAYLOAD].items() if isinstance(v, bytes)}
     partition_id = int(context.node_config["partition-id"])
-    if str(cfg["task"]) == "enrol":
-        client_state.restore(cfg, context)
-        node = context.state.config_records.get(_NODE, ConfigRecord())
-        held = (int(node.get("model-version", -1)), int(node.get("mask-version", -1)))
-        return Message(records.uplink(records.STATUS_OK, *held, {"num-examples": 0}, {}, partition_id), reply_to=msg)
-    _inject_faults(cfg, partition_id, context)
+    if str(cfg["task"]) != "enrol":  # the fault drills concern the protocol's work, not enrolment
+        _inject_faults(cfg, partition_id, context)
     client_state.restore(cfg, context)
     node = context.state.config_records.get(_NODE, ConfigRecord())
+    if str(cfg["task"]) == "enrol":
+        held = (int(node.get("model-version", -1)), int(node.get("mask-version", -1)))
+        return Message(records.uplink(records.STATUS_OK, *held, {"num-examples": 0}, {}, partition_id), reply_to=msg)
     try:
         base = _synced_base(cfg, payloads, context)
         mask = _current_mask(cfg, payloads, node, base.numel())

@@ -39,25 +39,24 @@ def state_path(cfg: dict, context: Context) -> Path | None:
     return Path(folder) / str(cfg["run-name"]) / f"partition-{int(context.node_config['partition-id'])}.pt"
 
 
-def restore(cfg: dict, context: Context) -> bool:
-    """Fill an empty ``context.state`` from disk; True if a state of this run was found."""
+def restore(cfg: dict, context: Context) -> None:
+    """Fill an empty ``context.state`` from disk, if a state of this run is there."""
     if NODE in context.state.config_records:
-        return True
+        return
     path = state_path(cfg, context)
     if path is None or not path.is_file():
-        return False
+        return
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         log(WARNING, "client state %s unreadable (%s); starting without it", path, err)
-        return False
+        return
     if not isinstance(saved, dict) or saved.get("format") != FORMAT or saved.get("run-token") != cfg["run-token"]:
-        return False  # another run's (or an older format's) state: never a base to build on
+        return  # another run's (or an older format's) state: never a base to build on
     context.state.config_records[NODE] = ConfigRecord(saved["node"])
     context.state.array_records[BASE] = ArrayRecord(
         {key: Array(np.ascontiguousarray(value.numpy())) for key, value in saved["arrays"].items()}
     )
-    return True
 
 
 def persist(cfg: dict, context: Context) -> None:
