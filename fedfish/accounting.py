@@ -13,17 +13,17 @@ import pandas as pd
 
 from fedfish.codec import value_bytes
 
-PHASES: tuple[str, ...] = ("enrol", "warmup", "calibration", "mask", "train", "evaluate")
+PHASES: tuple[str, ...] = ("enrol", "warmup", "calibration", "train", "evaluate")
 """Protocol phases a message can belong to."""
 
 DIRECTIONS: tuple[str, ...] = ("down", "up")
 """``"down"``: server to client; ``"up"``: client to server."""
 
-_SUMMED = ("wire_bytes", "payload_bytes", "dense_equivalent_bytes")
+_SUMMED = ("wire_bytes", "payload_bytes", "dense_equivalent_bytes", "one_time_bytes")
 # per_round() column prefix of each summed field: wire bytes are the headline "bytes_up/down".
 _ROUND_PREFIX = {"wire_bytes": "bytes", "payload_bytes": "payload_bytes",
-                 "dense_equivalent_bytes": "dense_equivalent_bytes"}
-_CUMULATIVE = ("bytes", "dense_equivalent_bytes")
+                 "dense_equivalent_bytes": "dense_equivalent_bytes", "one_time_bytes": "one_time_bytes"}
+_CUMULATIVE = ("bytes", "dense_equivalent_bytes", "one_time_bytes")
 
 __all__ = ["DIRECTIONS", "PHASES", "TrafficLog", "TrafficRecord", "dense_equivalent_bytes", "value_bytes"]
 
@@ -69,6 +69,9 @@ class TrafficRecord:
     dense_equivalent_bytes : int
         Bytes the same content would take sent densely in fp32 (see
         :func:`dense_equivalent_bytes`), >= 0.
+    one_time_bytes : int (default: 0)
+        The part of ``wire_bytes`` a node needs once rather than every round (a mask, a
+        base it could not rebuild, enrolment, calibration), >= 0.
 
     Raises
     ------
@@ -84,6 +87,7 @@ class TrafficRecord:
     wire_bytes: int
     payload_bytes: int
     dense_equivalent_bytes: int
+    one_time_bytes: int = 0
 
     def __post_init__(self) -> None:
         for name in ("server_round", "node_id", *_SUMMED):
@@ -139,9 +143,9 @@ class TrafficLog:
         pd.DataFrame
             One row per ``server_round`` (ascending) with int64 columns ``bytes_up``,
             ``bytes_down`` (wire), ``payload_bytes_up/down``, ``dense_equivalent_bytes_up/down``,
-            and running totals ``cumulative_bytes_up/down`` and
-            ``cumulative_dense_equivalent_bytes_up/down``. A direction without traffic in
-            a round counts 0.
+            ``one_time_bytes_up/down``, and running totals ``cumulative_bytes_up/down``,
+            ``cumulative_dense_equivalent_bytes_up/down`` and ``cumulative_one_time_bytes_up/down``.
+            A direction without traffic in a round counts 0.
         """
         wide = self._wide(["server_round"])
         for prefix in _CUMULATIVE:

@@ -10,7 +10,7 @@ offset  bytes  field
 0       4      magic ``b"FFSH"``
 4       1      format version (:data:`FORMAT_VERSION`)
 5       1      kind (:class:`Kind`)
-6       1      value dtype code (1 fp32, 2 fp16, 3 bf16; 0 for mask payloads)
+6       1      value dtype code (1 fp32, 2 fp16, 3 bf16, 4 int8; 0 for mask payloads)
 7       1      reserved, always 0
 8       4      mask version (``Mask.version``; 0 for dense and sparse payloads)
 12      8      count: number of entries in the body (values, set mask bits or indices)
@@ -24,15 +24,20 @@ offset  bytes  field
 The CRC also covers the header fields (not just the body) so that a corrupted mask
 version, which no other check could notice in :func:`decode_mask`, is still rejected.
 
-Bodies (values are little-endian IEEE floats of the payload's dtype):
+Bodies. A *value section* of ``n`` values is ``n`` little-endian IEEE floats of the
+payload's dtype, or for ``int8`` the ``ceil(n / 256)`` fp32 block scales followed by ``n``
+int8 codes in ``[-127, 127]`` (stochastic rounding, :mod:`fedfish.quantize`):
 
-- ``VALUES``: ``k`` values in mask order (ascending flat index).
-- ``DENSE``: ``P`` values.
+- ``VALUES``: a value section of ``k`` values in mask order (ascending flat index).
+- ``DENSE``: a value section of ``P`` values.
 - ``MASK_BITMAP``: ``ceil(P / 8)`` bytes, ``np.packbits(bits, bitorder="little")``;
   padding bits are zero.
 - ``MASK_DELTA``: ``k`` unsigned LEB128 varints: the first index, then the gaps between
   consecutive indices (each gap >= 1).
-- ``SPARSE``: ``k`` values, then the ``k`` delta-coded indices as for ``MASK_DELTA``.
+- ``MASK_RUNS``: alternating runs of zeros and ones, Rice coded with a parameter per block
+  of runs (:func:`fedfish.bitcode.encode_runs`); the smallest form for clustered FISH masks.
+- ``SPARSE``: a value section of ``k`` values, then the ``k`` delta-coded indices as for
+  ``MASK_DELTA``.
 
 Every decode failure raises :class:`CodecError`; decoders never return partial results.
 Encoding and decoding are vectorized (no Python loop over entries).
@@ -48,10 +53,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedfish import bitcode
 from fedfish.masks import Mask
+from fedfish.quantize import dequantize_int8, int8_body_size, num_blocks, quantize_int8
 
-VALUE_DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16")
-"""Wire dtypes for values; every decoder returns fp32."""
+VALUE_DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+"""Wire dtypes for values; every decoder returns fp32. ``int8`` is unbiased stochastic
+rounding with a scale per block (:mod:`fedfish.quantize`): meant for updates (deltas)."""
 
 MAGIC = b"FFSH"
 FORMAT_VERSION = 1
@@ -60,14 +68,11 @@ HEADER_SIZE = 40
 
 _HEADER = struct.Struct("<4sBBBBIQQ8sI")
 _CRC_OFFSET = 36
-_DTYPE_CODES = {"fp32": 1, "fp16": 2, "bf16": 3}
+_DTYPE_CODES = {"fp32": 1, "fp16": 2, "bf16": 3, "int8": 4}
 _DTYPE_NAMES = {code: name for name, code in _DTYPE_CODES.items()}
-_VALUE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
-_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_VALUE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 _NO_DIGEST = bytes(8)
 _MAX_U32 = 2**32 - 1
-# Indices are < num_params <= 2**63, so a valid varint never needs more than 9 bytes (63 bits).
-_MAX_VARINT_BYTES = 9
 
 
 class CodecError(ValueError):
@@ -82,6 +87,10 @@ class Kind(enum.IntEnum):
     MASK_BITMAP = 3
     MASK_DELTA = 4
     SPARSE = 5
+    MASK_RUNS = 6
+
+
+MASK_KINDS = (Kind.MASK_BITMAP, Kind.MASK_DELTA, Kind.MASK_RUNS)
 
 
 @dataclass(frozen=True)
@@ -143,8 +152,7 @@ def parse_header(payload: bytes) -> Header:
         raise CodecError(f"unknown payload kind code {kind}, expected one of {known}") from None
     if reserved != 0:
         raise CodecError(f"reserved header byte: expected 0, got {reserved}")
-    is_mask = kind in (Kind.MASK_BITMAP, Kind.MASK_DELTA)
-    if is_mask:
+    if kind in MASK_KINDS:
         if dtype_code != 0:
             raise CodecError(f"dtype code for a {kind.name} payload: expected 0, got {dtype_code}")
         dtype = None
@@ -161,7 +169,8 @@ def payload_kind(payload: bytes) -> str:
 
 
 def value_bytes(dtype: str) -> int:
-    """Bytes per value on the wire for ``dtype`` (one of :data:`VALUE_DTYPES`)."""
+    """Bytes per value on the wire for ``dtype`` (one of :data:`VALUE_DTYPES`); int8 adds one
+    fp32 scale per 256 values on top."""
     _check_dtype(dtype)
     return _VALUE_BYTES[dtype]
 
@@ -169,7 +178,9 @@ def value_bytes(dtype: str) -> int:
 # ----------------------------------------------------------------------------- values
 
 
-def encode_values(values: torch.Tensor, mask: Mask, dtype: str = "fp32") -> bytes:
+def encode_values(
+    values: torch.Tensor, mask: Mask, dtype: str = "fp32", *, generator: torch.Generator | None = None
+) -> bytes:
     """Encode the ``mask.k`` masked values of an update.
 
     Parameters
@@ -179,12 +190,15 @@ def encode_values(values: torch.Tensor, mask: Mask, dtype: str = "fp32") -> byte
     mask : Mask
         The mask the values belong to; its version and digest go into the header.
     dtype : str, default "fp32"
-        Wire dtype, one of :data:`VALUE_DTYPES` (round-to-nearest-even as torch casts).
+        Wire dtype, one of :data:`VALUE_DTYPES` (fp16/bf16: round-to-nearest-even as torch
+        casts; int8: stochastic rounding, see :mod:`fedfish.quantize`).
+    generator : torch.Generator | None, default None
+        Rounding noise for ``int8`` (torch's global generator if None); unused otherwise.
 
     Returns
     -------
     bytes
-        ``HEADER_SIZE + mask.k * value_bytes(dtype)`` bytes.
+        ``HEADER_SIZE + mask.k * value_bytes(dtype)`` bytes (int8: plus 4 per 256 values).
 
     Raises
     ------
@@ -194,7 +208,7 @@ def encode_values(values: torch.Tensor, mask: Mask, dtype: str = "fp32") -> byte
     """
     _check_version(mask.version)
     k = _mask_k(mask)
-    body = _values_body(values, k, dtype, "values")
+    body = _values_body(values, k, dtype, "values", generator)
     return _seal(Kind.VALUES, dtype, mask.version, k, mask.num_params, bytes.fromhex(mask.digest), body)
 
 
@@ -225,8 +239,8 @@ def decode_values(payload: bytes, mask: Mask) -> torch.Tensor:
 # ----------------------------------------------------------------------------- dense
 
 
-def encode_dense(vector: torch.Tensor, dtype: str = "fp32") -> bytes:
-    """Encode a full flat vector of shape ``(P,)`` (FedAvg updates, Fisher uploads).
+def encode_dense(vector: torch.Tensor, dtype: str = "fp32", *, generator: torch.Generator | None = None) -> bytes:
+    """Encode a full flat vector of shape ``(P,)`` (dense updates, Fisher uploads).
 
     Returns ``HEADER_SIZE + P * value_bytes(dtype)`` bytes; raises ValueError as
     :func:`encode_values` does.
@@ -234,7 +248,7 @@ def encode_dense(vector: torch.Tensor, dtype: str = "fp32") -> bytes:
     if not isinstance(vector, torch.Tensor) or vector.dim() != 1:
         raise ValueError(f"vector: expected a 1-D tensor, got {_describe(vector)}")
     num_params = vector.numel()
-    body = _values_body(vector, num_params, dtype, "vector")
+    body = _values_body(vector, num_params, dtype, "vector", generator)
     return _seal(Kind.DENSE, dtype, 0, num_params, num_params, _NO_DIGEST, body)
 
 
@@ -254,44 +268,44 @@ def decode_dense(payload: bytes, num_params: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- masks
 
-MASK_FORMS: tuple[str, ...] = ("auto", "bitmap", "delta")
+MASK_FORMS: tuple[str, ...] = ("auto", "bitmap", "delta", "runs")
 """Mask encodings accepted by :func:`encode_mask`."""
 
 
 def encode_mask(mask: Mask, form: str = "auto") -> bytes:
-    """Encode a mask as a packed bitmap or as delta-coded indices.
+    """Encode a mask as a packed bitmap, delta-coded indices or Rice-coded runs.
 
     Parameters
     ----------
     mask : Mask
         The mask; its version and digest go into the header.
     form : str, default "auto"
-        ``"auto"`` picks whichever body is smaller (the bitmap on a tie);
-        ``"bitmap"`` / ``"delta"`` force one form.
+        ``"auto"`` picks whichever body is smallest (on a tie: bitmap, then delta, then
+        runs); ``"bitmap"`` / ``"delta"`` / ``"runs"`` force one form.
 
     Returns
     -------
     bytes
         ``HEADER_SIZE + ceil(P / 8)`` bytes for the bitmap, ``HEADER_SIZE + sum of the
-        varint lengths`` for the delta form.
+        varint lengths`` for the delta form, ``HEADER_SIZE`` + the run-length code.
     """
     if form not in MASK_FORMS:
         raise ValueError(f"form: expected one of {MASK_FORMS}, got {form!r}")
     _check_version(mask.version)
-    bitmap_size = (mask.num_params + 7) // 8
-    digest = bytes.fromhex(mask.digest)
-    if form != "bitmap":
-        gaps = _gaps(np.flatnonzero(mask.bits.numpy()))
-        nbytes = _varint_lengths(gaps)
-        if form == "delta" or int(nbytes.sum()) < bitmap_size:
-            body = _varint_encode(gaps, nbytes)
-            return _seal(Kind.MASK_DELTA, None, mask.version, gaps.size, mask.num_params, digest, body)
-    body = np.packbits(mask.bits.numpy(), bitorder="little")
-    return _seal(Kind.MASK_BITMAP, None, mask.version, _mask_k(mask), mask.num_params, digest, body)
+    bits = mask.bits.numpy()
+    candidates: list[tuple[Kind, np.ndarray]] = []
+    if form in ("auto", "bitmap"):
+        candidates.append((Kind.MASK_BITMAP, np.packbits(bits, bitorder="little")))
+    if form in ("auto", "delta"):
+        candidates.append((Kind.MASK_DELTA, bitcode.varint_encode(bitcode.gaps(np.flatnonzero(bits)))))
+    if form in ("auto", "runs"):
+        candidates.append((Kind.MASK_RUNS, bitcode.encode_runs(bits)))
+    kind, body = min(candidates, key=lambda item: item[1].size)  # min keeps the first on ties
+    return _seal(kind, None, mask.version, _mask_k(mask), mask.num_params, bytes.fromhex(mask.digest), body)
 
 
 def decode_mask(payload: bytes) -> Mask:
-    """Decode a :func:`encode_mask` payload (either form); the version comes from the header.
+    """Decode a :func:`encode_mask` payload (any form); the version comes from the header.
 
     Raises
     ------
@@ -300,20 +314,25 @@ def decode_mask(payload: bytes) -> Mask:
         padding bits are set, indices are out of range or not strictly increasing, or the
         decoded mask's digest differs from the header's.
     """
-    header, body = _open(payload, (Kind.MASK_BITMAP, Kind.MASK_DELTA))
+    header, body = _open(payload, MASK_KINDS)
     num_params = header.num_params
+    raw = np.frombuffer(body, dtype=np.uint8)
     if header.kind is Kind.MASK_BITMAP:
         _expect("bitmap body length in bytes", (num_params + 7) // 8, len(body))
-        unpacked = np.unpackbits(np.frombuffer(body, dtype=np.uint8), bitorder="little")
+        unpacked = np.unpackbits(raw, bitorder="little")
         if unpacked[num_params:].any():
             raise CodecError("bitmap padding bits beyond num_params are set")
         bits_np = unpacked[:num_params].view(np.bool_)
-        _expect("number of set bits", header.count, int(np.count_nonzero(bits_np)))
-        bits = torch.from_numpy(bits_np)
+    elif header.kind is Kind.MASK_RUNS:
+        if num_params < 1:
+            raise CodecError("payload does not describe a valid mask: num_params is 0")
+        bits_np = _bitcode_call(bitcode.decode_runs, raw, num_params)
     else:
-        indices = _decode_indices(np.frombuffer(body, dtype=np.uint8), header.count, num_params)
-        bits = torch.zeros(num_params, dtype=torch.bool)
-        bits[torch.from_numpy(indices)] = True
+        indices = _bitcode_call(bitcode.decode_gap_indices, raw, header.count, num_params)
+        bits_np = np.zeros(num_params, dtype=np.bool_)
+        bits_np[indices] = True
+    _expect("number of set bits", header.count, int(np.count_nonzero(bits_np)))
+    bits = torch.from_numpy(bits_np)
     try:
         mask = Mask(bits=bits, version=header.mask_version)
     except ValueError as err:  # e.g. num_params == 0 in the header
@@ -326,7 +345,14 @@ def decode_mask(payload: bytes) -> Mask:
 # ----------------------------------------------------------------------------- sparse
 
 
-def encode_sparse(indices: torch.Tensor, values: torch.Tensor, num_params: int, dtype: str = "fp32") -> bytes:
+def encode_sparse(
+    indices: torch.Tensor,
+    values: torch.Tensor,
+    num_params: int,
+    dtype: str = "fp32",
+    *,
+    generator: torch.Generator | None = None,
+) -> bytes:
     """Encode explicit (index, value) pairs, e.g. a per-round top-k update.
 
     Parameters
@@ -339,11 +365,13 @@ def encode_sparse(indices: torch.Tensor, values: torch.Tensor, num_params: int, 
         Length ``P`` of the flat vector the indices refer to.
     dtype : str, default "fp32"
         Wire dtype for the values, one of :data:`VALUE_DTYPES`.
+    generator : torch.Generator | None, default None
+        Rounding noise for ``int8``.
 
     Returns
     -------
     bytes
-        ``HEADER_SIZE + k * value_bytes(dtype) + sum of the varint lengths of the gaps``.
+        ``HEADER_SIZE`` + the value section + the varint lengths of the gaps.
     """
     if isinstance(num_params, bool) or not isinstance(num_params, int) or num_params < 0:
         raise ValueError(f"num_params: expected a non-negative int, got {num_params!r}")
@@ -356,9 +384,8 @@ def encode_sparse(indices: torch.Tensor, values: torch.Tensor, num_params: int, 
         )
     if idx.size > 1 and not (np.diff(idx) > 0).all():
         raise ValueError("indices: expected strictly increasing entries")
-    value_body = _values_body(values, idx.size, dtype, "values")
-    gaps = _gaps(idx)
-    index_body = _varint_encode(gaps, _varint_lengths(gaps))
+    value_body = _values_body(values, idx.size, dtype, "values", generator)
+    index_body = bitcode.varint_encode(bitcode.gaps(idx))
     body = np.concatenate([value_body.view(np.uint8).reshape(-1), index_body])
     return _seal(Kind.SPARSE, dtype, 0, idx.size, num_params, _NO_DIGEST, body)
 
@@ -379,13 +406,14 @@ def decode_sparse(payload: bytes, num_params: int) -> tuple[torch.Tensor, torch.
     """
     header, body = _open(payload, Kind.SPARSE)
     _expect("num_params", num_params, header.num_params)
-    value_size = header.count * _VALUE_BYTES[header.dtype]
+    value_size = _value_section_size(header.count, header.dtype)
     if value_size > len(body):
         raise CodecError(
             f"sparse body too short: expected at least {value_size} value bytes, got {len(body)}"
         )
     values = _decode_floats(body[:value_size], header.count, header.dtype)
-    indices = _decode_indices(np.frombuffer(body[value_size:], dtype=np.uint8), header.count, num_params)
+    raw = np.frombuffer(body[value_size:], dtype=np.uint8)
+    indices = _bitcode_call(bitcode.decode_gap_indices, raw, header.count, num_params)
     return torch.from_numpy(indices), values
 
 
@@ -418,7 +446,13 @@ def _expect(what: str, expected: int, got: int) -> None:
         raise CodecError(f"{what} mismatch: expected {expected}, got {got}")
 
 
-def _values_body(values: torch.Tensor, length: int, dtype: str, name: str) -> np.ndarray:
+def _value_section_size(count: int, dtype: str) -> int:
+    return int8_body_size(count) if dtype == "int8" else count * _VALUE_BYTES[dtype]
+
+
+def _values_body(
+    values: torch.Tensor, length: int, dtype: str, name: str, generator: torch.Generator | None = None
+) -> np.ndarray:
     """Little-endian wire array of ``values`` cast to fp32, then to ``dtype`` (a view for fp32)."""
     _check_dtype(dtype)
     if not isinstance(values, torch.Tensor) or values.dim() != 1 or not values.is_floating_point():
@@ -426,6 +460,11 @@ def _values_body(values: torch.Tensor, length: int, dtype: str, name: str) -> np
     if values.numel() != length:
         raise ValueError(f"{name}: expected {length} entries, got {values.numel()}")
     fp32 = values.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    if dtype == "int8":
+        if not bool(np.isfinite(fp32.numpy()).all()):
+            raise ValueError(f"{name}: expected finite values, got NaN or Inf")
+        scales, codes = quantize_int8(fp32, generator)
+        return np.concatenate([scales.view(np.uint8), codes.view(np.uint8)])
     if dtype == "bf16":
         # numpy has no bfloat16: torch rounds, and the raw bit patterns go on the wire.
         wire = fp32.to(torch.bfloat16).view(torch.int16).numpy()
@@ -491,9 +530,18 @@ def _open(payload: bytes, kinds: Kind | tuple[Kind, ...]) -> tuple[Header, memor
 
 
 def _decode_floats(body: memoryview, count: int, dtype: str) -> torch.Tensor:
-    """fp32 tensor from ``count`` little-endian values; always a fresh, writable array."""
-    _expect(f"body length in bytes for {count} {dtype} values", count * _VALUE_BYTES[dtype], len(body))
-    if dtype == "fp32":
+    """fp32 tensor from a value section of ``count`` values; always a fresh, writable array."""
+    _expect(f"body length in bytes for {count} {dtype} values", _value_section_size(count, dtype), len(body))
+    if dtype == "int8":
+        scale_bytes = 4 * num_blocks(count)
+        scales = np.frombuffer(body[:scale_bytes], dtype="<f4")
+        codes = np.frombuffer(body[scale_bytes:], dtype=np.int8)
+        if not (np.isfinite(scales).all() and (scales >= 0).all()):
+            raise CodecError("int8 scales: expected finite numbers >= 0, got NaN, Inf or a negative scale")
+        if (codes == -128).any():
+            raise CodecError("int8 codes: -128 is outside the code range [-127, 127]")
+        out = dequantize_int8(scales, codes)
+    elif dtype == "fp32":
         out = np.frombuffer(body, dtype="<f4").copy()
     elif dtype == "fp16":
         out = np.frombuffer(body, dtype="<f2").astype(np.float32)
@@ -505,66 +553,9 @@ def _decode_floats(body: memoryview, count: int, dtype: str) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _gaps(indices: np.ndarray) -> np.ndarray:
-    """First index, then differences between consecutive ascending indices (int64)."""
-    gaps = np.empty_like(indices, dtype=np.int64)
-    if indices.size:
-        gaps[0] = indices[0]
-        np.subtract(indices[1:], indices[:-1], out=gaps[1:])
-    return gaps
-
-
-def _varint_lengths(values: np.ndarray) -> np.ndarray:
-    """LEB128 length in bytes of each non-negative value (1 for 0)."""
-    nbytes = np.ones(values.shape, dtype=np.int64)
-    for shift in range(7, 7 * _MAX_VARINT_BYTES, 7):
-        nbytes += values >= (1 << shift)
-    return nbytes
-
-
-def _varint_encode(values: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
-    """Unsigned LEB128 encoding; loops over byte positions (<= 9), never over entries."""
-    ends = np.cumsum(nbytes)
-    out = np.empty(int(ends[-1]) if ends.size else 0, dtype=np.uint8)
-    starts = ends - nbytes
-    max_len = int(nbytes.max()) if nbytes.size else 0
-    for j in range(max_len):
-        sel = nbytes > j if j else slice(None)
-        chunk = (values[sel] >> (7 * j)) & 0x7F
-        more = (nbytes[sel] > j + 1).astype(np.int64) << 7
-        out[starts[sel] + j] = chunk | more
-    return out
-
-
-def _decode_indices(buf: np.ndarray, count: int, num_params: int) -> np.ndarray:
-    """Strictly increasing int64 indices in ``[0, num_params)`` from delta varints in ``buf``."""
-    ends = np.flatnonzero(buf < 0x80)
-    if buf.size and (ends.size == 0 or ends[-1] != buf.size - 1):
-        raise CodecError("truncated varint: the last index byte has its continuation bit set")
-    _expect("number of indices", count, ends.size)
-    starts = np.empty_like(ends)
-    starts[:1] = 0
-    starts[1:] = ends[:-1] + 1
-    lengths = ends - starts + 1
-    if lengths.size and int(lengths.max()) > _MAX_VARINT_BYTES:
-        raise CodecError(
-            f"varint overflow: expected at most {_MAX_VARINT_BYTES} bytes per index, "
-            f"got {int(lengths.max())}"
-        )
-    if ((lengths > 1) & (buf[ends] == 0)).any():
-        raise CodecError("non-canonical varint: a multi-byte index ends in a zero byte")
-    gaps = np.zeros(count, dtype=np.int64)
-    payload_bits = (buf & 0x7F).astype(np.int64)
-    for j in range(int(lengths.max()) if lengths.size else 0):
-        sel = lengths > j
-        gaps[sel] |= payload_bits[starts[sel] + j] << (7 * j)
-    if count and (gaps >= num_params).any():
-        raise CodecError(f"index out of range: a delta is >= num_params={num_params}")
-    indices = np.cumsum(gaps)
-    # A zero gap repeats an index; int64 wrap-around (possible only for a huge num_params in the
-    # header) makes an index smaller than its predecessor. One strictness check catches both.
-    if count > 1 and not (indices[1:] > indices[:-1]).all():
-        raise CodecError("indices not strictly increasing (a delta after the first is 0 or overflows)")
-    if count and indices[-1] >= num_params:
-        raise CodecError(f"index out of range: expected < {num_params}, got {int(indices[-1])}")
-    return indices
+def _bitcode_call(decode, *args):  # noqa: ANN001, ANN202 - forwards to a fedfish.bitcode decoder
+    """Run a :mod:`fedfish.bitcode` decoder, reporting its failures as CodecError."""
+    try:
+        return decode(*args)
+    except bitcode.BitcodeError as err:
+        raise CodecError(str(err)) from None

@@ -86,6 +86,18 @@ def build_model(name: str, num_classes: int = 10) -> nn.Module:
     raise ValueError(f"build_model: name must be one of {MODEL_NAMES}, got {name!r}")
 
 
+def seeded_model(name: str, seed: int, num_classes: int = 10) -> nn.Module:
+    """The initial model every node can rebuild: ``build_model`` under ``torch.manual_seed(seed)``.
+
+    Initialisation draws from torch's CPU generator only, so the same torch build gives the
+    same parameters in any process; nodes check that with the server's digest
+    (``fedfish.layout.params_digest``). The caller's global RNG state is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(name, num_classes)
+
+
 def head_names(model: nn.Module) -> tuple[str, ...]:
     """Names of the classifier-head parameters ``model`` declares.
 

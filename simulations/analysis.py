@@ -24,8 +24,8 @@ from simulations.results import read_run
 
 MB = 1e6
 POINT_FILE = "sweep-point.json"
-# clients.csv phases that are paid once per node or per mask, not per round.
-ONE_TIME_PHASES = ("enrol", "warmup", "calibration", "mask")
+# clients.csv phases whose messages are paid once per node or per mask, not per round.
+ONE_TIME_PHASES = ("enrol", "calibration")
 DIRECTIONS = {"": "total", "_up": "uplink", "_down": "downlink"}
 
 
@@ -271,8 +271,9 @@ def best_savings(table: pd.DataFrame, strategy: str = "fedfish") -> pd.DataFrame
 def phase_bytes(clients: pd.DataFrame) -> pd.DataFrame:
     """Wire bytes per run, phase and direction (rows: run, phase; columns: up, down, total).
 
-    Phases in :data:`PHASE_ORDER`; ``enrol`` (a node's first contact), ``warmup``,
-    ``calibration`` and ``mask`` (dense base sync and mask delivery) are the one-time costs.
+    Phases in :data:`PHASE_ORDER`; ``enrol`` (a node's first contact) and ``calibration``
+    (client scores for a mask) are one-time costs, as are mask and base payloads inside
+    training messages (the ``one_time_bytes`` column, :func:`one_time_bytes`).
     """
     table = clients.pivot_table(index=["run", "phase"], columns="direction", values="wire_bytes",
                                 aggfunc="sum", fill_value=0)
@@ -286,9 +287,9 @@ def phase_bytes(clients: pd.DataFrame) -> pd.DataFrame:
 
 
 def one_time_bytes(clients: pd.DataFrame) -> pd.Series:
-    """Per run, wire bytes of the one-time phases (:data:`ONE_TIME_PHASES`), both directions."""
-    once = clients[clients["phase"].isin(ONE_TIME_PHASES)]
-    return once.groupby("run")["wire_bytes"].sum().reindex(clients["run"].unique(), fill_value=0)
+    """Per run, bytes a node needs once (enrolment, calibration, masks, a base it could not
+    rebuild; ``clients.csv``'s ``one_time_bytes``), both directions."""
+    return clients.groupby("run")["one_time_bytes"].sum().reindex(clients["run"].unique(), fill_value=0)
 
 
 def mean_curves(rounds: pd.DataFrame, by: tuple[str, ...] = ("setting",)) -> pd.DataFrame:

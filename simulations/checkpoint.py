@@ -44,7 +44,7 @@ from simulations.config import ConfigError, RunConfig
 from simulations.results import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT = 2  # 2: the strategy state holds the run token and the node -> partition map
+FORMAT = 3  # 3: per-position change history, holdings and mask state in their own records
 # Keys that may differ between the interrupted run and its resumption.
 RESUMABLE_CHANGES = ("resume", "num-server-rounds", "results-dir")
 

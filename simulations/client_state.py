@@ -1,34 +1,33 @@
-"""A ClientApp's state on disk, so that a restarted node or a resumed run needs no dense resync.
+"""A ClientApp's holding, in ``context.state`` and on disk, so a restart costs no dense resync.
 
-The state a FedFish node carries between messages (``context.state``: the base model at
-the version it acknowledged, its mask and versions, the top-k error-feedback memory) dies
-with the process: a SuperNode restart, or a simulation killed and resumed. This module
-mirrors it to ``<state-dir>/<run-name>/partition-<id>.pt`` after every message, atomically,
-and loads it back into an empty ``context.state``.
+What a FedFish node carries between messages (:class:`fedfish.holding.Holding`: the model
+version it holds as values over version 0, its mask, error-feedback memory) lives in
+``context.state`` as one serialized blob, and the same bytes are mirrored to
+``<state-dir>/<run-name>/partition-<id>.state`` whenever they change, atomically, so the
+state survives a SuperNode restart or a killed and resumed simulation.
 
-A file belongs to one run: it carries the server's ``run-token`` (new for every fresh
-run, kept across resumes), and a file with another token is ignored, so a new run of the
-same name never trains on a stale base. The state directory is the SuperNode's
-``--node-config state-dir=...`` if given, else the run config's ``client-state-dir``
-(the server resolves its default to a folder beside the results); empty = memory only.
+A blob belongs to one run: it carries the server's ``run-token`` (new for every fresh run,
+kept across resumes), and a blob of another run is ignored, so a new run of the same name
+never trains on a stale model. A blob that fails its sha256 (a flipped bit, a truncated
+file) is never used: the node starts from nothing and says so (``need-base``). The state
+directory is the SuperNode's ``--node-config state-dir=...`` if given, else the run
+config's ``client-state-dir`` (the server resolves its default beside the results);
+empty = memory only.
 """
 
 from __future__ import annotations
 
-import pickle
 from logging import WARNING
 from pathlib import Path
 
-import numpy as np
-import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.app import ConfigRecord, Context
 from flwr.supercore import log
 
+from fedfish.holding import Holding, HoldingError
 from simulations.results import atomic_write
 
-FORMAT = 1
-BASE = "fedfish-base"  # ArrayRecord: "params" (P,) fp32, "ef-memory" (P,) fp32
-NODE = "fedfish-node"  # ConfigRecord: model-version, mask-version, mask (bytes)
+RECORD = "fedfish-node"  # ConfigRecord {"holding": bytes}
+SUFFIX = ".state"
 
 
 def state_path(cfg: dict, context: Context) -> Path | None:
@@ -36,54 +35,59 @@ def state_path(cfg: dict, context: Context) -> Path | None:
     folder = str(context.node_config.get("state-dir", cfg.get("client-state-dir", "")))
     if not folder:
         return None
-    return Path(folder) / str(cfg["run-name"]) / f"partition-{int(context.node_config['partition-id'])}.pt"
+    return Path(folder) / str(cfg["run-name"]) / f"partition-{int(context.node_config['partition-id'])}{SUFFIX}"
 
 
-def restore(cfg: dict, context: Context) -> None:
-    """Fill an empty ``context.state`` from disk, if a state of this run is there."""
-    if NODE in context.state.config_records:
-        return
-    path = state_path(cfg, context)
-    if path is None or not path.is_file():
-        return
+def load(cfg: dict, context: Context) -> Holding:
+    """This run's holding: from ``context.state``, else from disk, else an empty one."""
+    token = str(cfg["run-token"])
+    record = context.state.config_records.get(RECORD)
+    blob, where = (record["holding"], "memory") if record is not None else (_read(cfg, context), "disk")
+    if not blob:
+        return Holding(run_token=token)
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        log(WARNING, "client state %s unreadable (%s); starting without it", path, err)
-        return
-    if not isinstance(saved, dict) or saved.get("format") != FORMAT or saved.get("run-token") != cfg["run-token"]:
-        return  # another run's (or an older format's) state: never a base to build on
-    context.state.config_records[NODE] = ConfigRecord(saved["node"])
-    context.state.array_records[BASE] = ArrayRecord(
-        {key: Array(np.ascontiguousarray(value.numpy())) for key, value in saved["arrays"].items()}
-    )
+        holding = Holding.from_bytes(blob)  # type: ignore[arg-type]
+    except HoldingError as err:
+        log(WARNING, "client state in %s (%s) unusable: %s; starting without it",
+            where, state_path(cfg, context) or "context.state", err)
+        return Holding(run_token=token)
+    if holding.run_token != token:
+        return Holding(run_token=token)  # another run's state: never a base to build on
+    return holding
 
 
-def persist(cfg: dict, context: Context) -> None:
-    """Write ``context.state``'s FedFish records to disk (atomically)."""
+def save(cfg: dict, context: Context, holding: Holding) -> int:
+    """Store ``holding`` in ``context.state`` and, if it changed, on disk; returns its size in bytes."""
+    blob = holding.to_bytes()
+    record = context.state.config_records.get(RECORD)
+    if record is not None and record["holding"] == blob:
+        return len(blob)
+    context.state.config_records[RECORD] = ConfigRecord({"holding": blob})
     path = state_path(cfg, context)
-    node = context.state.config_records.get(NODE)
-    base = context.state.array_records.get(BASE)
-    if path is None or node is None or base is None:
-        return
-    saved = {
-        "format": FORMAT,
-        "run-token": str(cfg["run-token"]),
-        "node": dict(node),
-        "arrays": {key: torch.from_numpy(array.numpy().copy()) for key, array in base.items()},
-    }
-    try:
-        atomic_write(path, lambda tmp: torch.save(saved, tmp))
-    except OSError as err:
-        # Training goes on from memory; only a restart would cost a dense resync.
-        log(WARNING, "client state not saved to %s (%s); set --node-config state-dir=... to a writable folder",
-            path, err)
+    if path is not None:
+        try:
+            atomic_write(path, lambda tmp: tmp.write_bytes(blob))
+        except OSError as err:
+            # Training goes on from memory; only a restart would cost a resync.
+            log(WARNING, "client state not saved to %s (%s); set --node-config state-dir=... to a writable folder",
+                path, err)
+    return len(blob)
 
 
 def forget(cfg: dict, context: Context) -> None:
     """Drop the state in memory and on disk (as a node that lost everything would)."""
-    context.state.config_records.pop(NODE, None)
-    context.state.array_records.pop(BASE, None)
+    context.state.config_records.pop(RECORD, None)
     path = state_path(cfg, context)
     if path is not None:
         path.unlink(missing_ok=True)
+
+
+def _read(cfg: dict, context: Context) -> bytes:
+    path = state_path(cfg, context)
+    if path is None or not path.is_file():
+        return b""
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        log(WARNING, "client state %s unreadable (%s); starting without it", path, err)
+        return b""

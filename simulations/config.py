@@ -20,7 +20,7 @@ FISHER_TYPES = ("empirical", "expected", "sampled")
 FISHER_SOURCES = ("client", "server")
 FISHER_UPLOADS = ("fp32", "fp16", "sparse")
 MASK_SCOPES = ("global", "per-layer")
-VALUE_DTYPES = ("fp32", "fp16", "bf16")
+VALUE_DTYPES = ("fp32", "fp16", "bf16", "int8")
 DATASETS = ("fashion-mnist", "cifar10")
 MODELS = ("cnn", "resnet18")
 PARTITIONERS = ("iid", "dirichlet", "pathological", "shard")
@@ -57,6 +57,7 @@ class RunConfig:
     warmup_rounds: int = field(default=0, metadata=_range(0))
     mask_refresh: int = field(default=0, metadata=_range(0))
     value_dtype: str = field(default="fp32", metadata=_choice(*VALUE_DTYPES))
+    error_feedback: bool = False
     # Data and model
     dataset: str = field(default="fashion-mnist", metadata=_choice(*DATASETS))
     data_root: str = ""
@@ -69,7 +70,7 @@ class RunConfig:
     server_samples: int = field(default=1000, metadata=_range(1))
     eval_samples: int = field(default=0, metadata=_range(0))
     initial_model: str = ""
-    public_initial_model: bool = False
+    public_initial_model: bool = True
     # Public split no client holds (fedfish.partition.holdout_indices); simulations.pretrain trains on it.
     holdout_fraction: float = field(default=0.0, metadata=_range(0.0, 0.9))
     # Federation
@@ -103,8 +104,6 @@ class RunConfig:
         if not self.run_name or "/" in self.run_name or self.run_name.startswith("."):
             raise ConfigError(f"run-name: must be a plain folder name, got {self.run_name!r}")
         parse_forget_state(self.fault_forget_state)
-        if self.public_initial_model and not self.initial_model:
-            raise ConfigError("public-initial-model: needs initial-model (the checkpoint every client holds)")
         if MODEL_FOR_DATASET[self.dataset] != self.model:
             raise ConfigError(
                 f"model: {self.model!r} does not fit dataset {self.dataset!r}; use {MODEL_FOR_DATASET[self.dataset]!r}"
@@ -198,7 +197,10 @@ KEY_HELP: dict[str, str] = {
     "fisher-upload-density": "k'/P kept by a `sparse` score upload",
     "warmup-rounds": "dense FedAvg rounds before the first mask",
     "mask-refresh": "rebuild the mask every this many masked rounds (0 = fixed)",
-    "value-dtype": "dtype of uplink values: fp32, fp16, bf16 (downlinks stay fp32: clients hold the exact model)",
+    "value-dtype": "dtype of uplink changes (trained minus received): fp32, fp16, bf16, or int8 (stochastic rounding, "
+    "a scale per 256 values); downlinks stay fp32: clients hold the exact model",
+    "error-feedback": "clients keep what the uplink dtype dropped and add it to their next change (memory the size "
+    "of the mask)",
     "dataset": "fashion-mnist or cifar10",
     "data-root": "where to look for data first (else $FEDFISH_DATA, ./data, /usr/share/datasets/...)",
     "model": "cnn (FedAvg CNN, 1.66M params, fashion-mnist) or resnet18 (cifar10)",
@@ -209,8 +211,9 @@ KEY_HELP: dict[str, str] = {
     "samples-per-client": "cap on each client's shard (0 = all), for quick runs",
     "server-samples": "size of the server's proxy set for `fisher-source=server`",
     "eval-samples": "test examples for the server's centralized evaluation (0 = all 10k)",
-    "initial-model": "path of a saved state_dict to start from (fine-tuning)",
-    "public-initial-model": "clients load initial-model themselves (a public checkpoint, digest-checked): no dense base is sent",
+    "initial-model": "path of a saved state_dict to start from (fine-tuning); \"\" = the seeded initial model",
+    "public-initial-model": "clients rebuild the initial model themselves (the public checkpoint `initial-model`, or "
+    "the seeded init), digest-checked, so no dense model is sent; a client that cannot gets it densely, counted",
     "holdout-fraction": "fraction of the training set held out as a public split no client holds "
     "(`python -m simulations.pretrain` trains the fine-tuning checkpoint on it), in [0, 0.9]",
     "num-server-rounds": "rounds",

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedfish.accounting import TrafficLog
 from fedfish.training import evaluate
 from simulations.results import CLIENT_COLUMNS, ROUND_COLUMNS, write_csv
-from strategies.fedfish import RoundStats
+from strategies.stats import RoundStats
 
 
 class RoundRecorder:
@@ -81,19 +81,23 @@ class RoundRecorder:
         return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
 
     def _row(self, server_round: int, accuracy: float, loss: float, seconds: float) -> dict[str, object]:
-        per_round = self.traffic.per_round().set_index("server_round")
-        if server_round in per_round.index:
-            t = per_round.loc[server_round]
-            up, down = int(t["bytes_up"]), int(t["bytes_down"])
-            payload_up, payload_down = int(t["payload_bytes_up"]), int(t["payload_bytes_down"])
-            dense_up, dense_down = int(t["dense_equivalent_bytes_up"]), int(t["dense_equivalent_bytes_down"])
-        else:
-            up = down = payload_up = payload_down = dense_up = dense_down = 0
-        previous = self.rows[-1] if self.rows else None
-        cum_up = up + (int(previous["cumulative_bytes_up"]) if previous else 0)
-        cum_down = down + (int(previous["cumulative_bytes_down"]) if previous else 0)
-        cum_dense = dense_up + dense_down + (int(previous["cumulative_dense_equivalent_bytes"]) if previous else 0)
+        fields = ("wire_bytes", "payload_bytes", "dense_equivalent_bytes", "one_time_bytes")
+        sums = {(name, direction): 0 for name in fields for direction in ("up", "down")}
+        for record in self.traffic.records:
+            if record.server_round == server_round:
+                for name in fields:
+                    sums[name, record.direction] += getattr(record, name)
+        up, down = sums["wire_bytes", "up"], sums["wire_bytes", "down"]
+        payload_up, payload_down = sums["payload_bytes", "up"], sums["payload_bytes", "down"]
+        dense_up, dense_down = sums["dense_equivalent_bytes", "up"], sums["dense_equivalent_bytes", "down"]
+        one_up, one_down = sums["one_time_bytes", "up"], sums["one_time_bytes", "down"]
+        previous = self.rows[-1] if self.rows else {}
+
+        def running(column: str, value: int) -> int:
+            return value + int(previous.get(column, 0))
+
         stats = self.round_stats.get(server_round, RoundStats(phase="initial" if server_round == 0 else "train"))
+        cum_up, cum_down = running("cumulative_bytes_up", up), running("cumulative_bytes_down", down)
         return {
             "round": server_round,
             "phase": stats.phase,
@@ -109,7 +113,10 @@ class RoundRecorder:
             "payload_bytes_down": payload_down,
             "dense_equivalent_bytes_up": dense_up,
             "dense_equivalent_bytes_down": dense_down,
-            "cumulative_dense_equivalent_bytes": cum_dense,
+            "cumulative_dense_equivalent_bytes": running("cumulative_dense_equivalent_bytes", dense_up + dense_down),
+            "one_time_bytes_up": one_up,
+            "one_time_bytes_down": one_down,
+            "cumulative_one_time_bytes": running("cumulative_one_time_bytes", one_up + one_down),
             "mask_density": stats.mask_density,
             "clients_ok": stats.clients_ok,
             "clients_failed": stats.clients_failed,

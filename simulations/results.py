@@ -32,11 +32,13 @@ ROUND_COLUMNS = (
     "payload_bytes_up", "payload_bytes_down",
     "dense_equivalent_bytes_up", "dense_equivalent_bytes_down",
     "cumulative_dense_equivalent_bytes",
+    "one_time_bytes_up", "one_time_bytes_down", "cumulative_one_time_bytes",
     "mask_density", "clients_ok", "clients_failed", "clients_rejected", "clients_resynced",
     "skipped", "seconds",
 )
 CLIENT_COLUMNS = (
     "server_round", "phase", "direction", "node_id", "wire_bytes", "payload_bytes", "dense_equivalent_bytes",
+    "one_time_bytes",
 )
 
 

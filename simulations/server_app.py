@@ -19,10 +19,9 @@ from flwr.supercore import log
 from fedfish import codec
 from fedfish.accounting import TrafficLog
 from fedfish.data import DATASETS, load_images
-from fedfish.fisher import diagonal_fisher
 from fedfish.layout import ParamLayout, load_flat_params, params_digest
-from fedfish.masks import model_saliency
-from fedfish.models import build_model, head_names
+from fedfish.mask_sources import ScoreSettings, mask_source
+from fedfish.models import build_model, head_names, seeded_model
 from fedfish.partition import holdout_indices
 from simulations.checkpoint import RoundOffset, ServerState, load_checkpoint, remove_checkpoint, save_checkpoint
 from simulations.config import ConfigError, RunConfig
@@ -42,9 +41,11 @@ CLIENT_KEYS = (
     "weight-decay", "fisher-type", "fisher-samples", "fisher-label-samples", "fisher-upload",
     "fisher-upload-density", "fault-fail-fraction", "fault-forget-state", "run-name",
 )
-MASK_SOURCE_OF = {
-    "fedfish": "fisher", "saliency": "saliency", "magnitude": "magnitude",
-    "random-fixed": "random-fixed", "random-per-round": "random-per-round", "topk-ef": "fisher",
+# run-config strategy -> (mask source, update rule) of the FedFish strategy
+METHODS = {
+    "fedfish": ("fisher", "values"), "saliency": ("saliency", "values"), "magnitude": ("magnitude", "values"),
+    "random-fixed": ("random-fixed", "values"), "random-per-round": ("random-per-round", "values"),
+    "topk-ef": ("fisher", "topk-ef"),
 }
 
 
@@ -124,8 +125,9 @@ def _restore(cfg: RunConfig, run_dir: Path, strategy: Strategy, traffic: Traffic
 
 
 def initial_model(cfg: RunConfig) -> torch.nn.Module:
-    """The model to start from: fresh (seeded) or ``initial-model`` (a saved state_dict)."""
-    model = build_model(cfg.model, _num_classes(cfg))
+    """The model to start from: ``initial-model`` (a saved state_dict) or the seeded init,
+    which every client can rebuild (:func:`fedfish.models.seeded_model`)."""
+    model = seeded_model(cfg.model, cfg.seed, _num_classes(cfg))
     if cfg.initial_model:
         path = Path(cfg.initial_model)
         if not path.is_file():
@@ -139,9 +141,9 @@ def initial_model(cfg: RunConfig) -> torch.nn.Module:
 
 
 def client_config(cfg: RunConfig) -> dict[str, int | float | str | bool]:
-    """The subset of the run config that clients need."""
+    """The subset of the run config that clients need, and the class count of the dataset."""
     mapping = cfg.to_mapping()
-    return {key: mapping[key] for key in CLIENT_KEYS}
+    return {key: mapping[key] for key in CLIENT_KEYS} | {"num-classes": _num_classes(cfg)}
 
 
 def build_strategy(cfg: RunConfig, model: torch.nn.Module, *, max_examples: int) -> Strategy:
@@ -158,19 +160,22 @@ def build_strategy(cfg: RunConfig, model: torch.nn.Module, *, max_examples: int)
             min_available_nodes=1,
         )
     layout = ParamLayout.of(model)
+    source, update = METHODS[cfg.strategy]
+    on_server = mask_source(source).kind == "model" or cfg.fisher_source == "server"
     return FedFish(
         layout=layout,
         head=layout.indicator(head_names(model)),
         client_config=client_config(cfg) | public_base_config(cfg, model) | {"client-state-dir": cfg.client_state_folder()},
-        mask_source=MASK_SOURCE_OF[cfg.strategy],
-        update="topk-ef" if cfg.strategy == "topk-ef" else "values",
+        mask_source=source,
+        update=update,
         density=cfg.density,
         mask_scope=cfg.mask_scope,
         warmup_rounds=cfg.warmup_rounds,
         mask_refresh=cfg.mask_refresh,
         value_dtype=cfg.value_dtype,
+        error_feedback=cfg.error_feedback,
         fisher_source=cfg.fisher_source,
-        server_scores_fn=server_scores_fn(cfg, model) if cfg.fisher_source == "server" else None,
+        server_scores_fn=server_scores_fn(cfg, model, source) if on_server else None,
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
         min_replies=cfg.min_replies,
@@ -183,17 +188,29 @@ def build_strategy(cfg: RunConfig, model: torch.nn.Module, *, max_examples: int)
 
 
 def public_base_config(cfg: RunConfig, model: torch.nn.Module) -> dict[str, str]:
-    """With ``public-initial-model``: where clients find the checkpoint and its digest."""
+    """With ``public-initial-model``: the digest clients check version 0 against, and where
+    they find the checkpoint ("" = the seeded initial model)."""
     if not cfg.public_initial_model:
         return {}
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    return {"initial-model": str(Path(cfg.initial_model).resolve()), "public-base-digest": params_digest(flat)}
+    path = str(Path(cfg.initial_model).resolve()) if cfg.initial_model else ""
+    return {"initial-model": path, "public-base-digest": params_digest(flat)}
 
 
-def server_scores_fn(cfg: RunConfig, model: torch.nn.Module):  # noqa: ANN201 - returns a closure
-    """Fisher (or saliency) scores on the server's proxy set, with no client traffic:
-    ``server-samples`` examples of the public held-out split when ``holdout-fraction`` > 0
-    (data no client holds), else of the training set, drawn with the run's seed."""
+def server_scores_fn(cfg: RunConfig, model: torch.nn.Module, source_name: str):  # noqa: ANN201 - a closure
+    """Scores of mask source ``source_name`` computed on the server, with no client traffic:
+    from the global model alone (``kind="model"``), or on the proxy set: ``server-samples``
+    examples of the public held-out split when ``holdout-fraction`` > 0 (data no client
+    holds), else of the training set, drawn with the run's seed."""
+    source = mask_source(source_name)
+    scratch = build_model(cfg.model, _num_classes(cfg))
+    if source.kind == "model":
+
+        def model_scores(flat: torch.Tensor) -> torch.Tensor:
+            load_flat_params(scratch, flat)
+            return source.scores(scratch, None, ScoreSettings())
+
+        return model_scores
     x, y = load_images(cfg.dataset, "train", cfg.data_root or None)
     pool = (
         torch.from_numpy(holdout_indices(len(x), cfg.holdout_fraction))
@@ -202,16 +219,12 @@ def server_scores_fn(cfg: RunConfig, model: torch.nn.Module):  # noqa: ANN201 - 
     )
     order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg.seed))
     pick = pool[order[: cfg.server_samples]]
-    proxy_x, proxy_y = x[pick], y[pick]
-    scratch = build_model(cfg.model, _num_classes(cfg))
+    proxy = (x[pick], y[pick])
 
     def scores(flat: torch.Tensor) -> torch.Tensor:
         load_flat_params(scratch, flat)
-        if cfg.strategy == "saliency":
-            return model_saliency(scratch, proxy_x, proxy_y)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        return diagonal_fisher(scratch, proxy_x, proxy_y, cfg.fisher_type,
-                               num_label_samples=cfg.fisher_label_samples, generator=generator)
+        settings = ScoreSettings(cfg.fisher_type, cfg.fisher_label_samples, torch.Generator().manual_seed(cfg.seed))
+        return source.scores(scratch, proxy, settings)
 
     return scores
 

@@ -31,13 +31,10 @@ class NodeSync:
         (and ``mask-seed`` for seeded random masks).
     payloads : dict[str, bytes]
         ``model-dense`` | ``model-positions`` + ``model-values`` | ``model-values``; ``mask``.
-    one_time : bool
-        Carries the dense base or a mask: a one-time cost, logged as phase ``mask``.
     """
 
     config: dict[str, int | str]
     payloads: dict[str, bytes]
-    one_time: bool
 
 
 class DownlinkEncoder:
@@ -87,14 +84,12 @@ class DownlinkEncoder:
             "base-version": -1 if held_model is None else held_model,
         }
         payloads: dict[str, bytes] = {}
-        sends_mask = False
         if mask is not None:
             config["mask-version"] = mask.version
             if mask_seed is not None:
                 config["mask-seed"] = mask_seed
             elif held_mask != mask.version:
                 payloads["mask"] = self._once(history, ("mask", mask.version), lambda: codec.encode_mask(mask))
-                sends_mask = True
         sync = plan.kind
         if plan.kind == "delta":
             positions = plan.positions
@@ -119,7 +114,7 @@ class DownlinkEncoder:
         if sync == "full":
             payloads["model-dense"] = self._once(history, ("dense",), lambda: codec.encode_dense(global_params, "fp32"))
         config["sync"] = sync
-        return NodeSync(config, payloads, one_time=sends_mask or sync == "full")
+        return NodeSync(config, payloads)
 
     def _once(self, history: ChangeHistory, key: tuple[object, ...], make: Callable[[], bytes]) -> bytes:
         full_key = (history.version, *key)

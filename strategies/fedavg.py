@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from strategies.fedfish import RoundStats
+from strategies.stats import RoundStats
 from strategies.replies import check_array_replies
 
 

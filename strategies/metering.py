@@ -24,6 +24,10 @@ _PHASE_OF_TYPE = {
     MessageType.EVALUATE: "evaluate",
     MessageType.QUERY: "calibration",
 }
+# Payloads a node receives once (a mask version, a base it could not rebuild): counted in
+# ``one_time_bytes`` so that analyses can set them apart from the recurring per-round cost.
+_ONE_TIME_PAYLOADS = ("mask", "model-dense")
+_ONE_TIME_PHASES = ("enrol", "calibration")
 
 
 _ID_FIELDS = ("run_id", "src_node_id", "dst_node_id", "src_task_id", "dst_task_id")
@@ -56,8 +60,26 @@ def payload_bytes(message: Message) -> int:
     return total
 
 
+def category(message_type: str) -> str:
+    """``train``, ``evaluate`` or ``query`` of a message type such as ``train.fedfish``."""
+    return message_type.split(".", 1)[0]
+
+
+def one_time_bytes(message: Message, phase: str) -> int:
+    """Bytes of ``message`` that a node needs once, not every round: whole enrolment and
+    calibration messages, and mask or dense-base payloads outside dense warm-up rounds."""
+    if phase in _ONE_TIME_PHASES:
+        return wire_bytes(message)
+    if phase == "warmup" or not message.has_content():
+        return 0
+    return sum(
+        len(value) for record in message.content.config_records.values()
+        for key, value in record.items() if key in _ONE_TIME_PAYLOADS and isinstance(value, bytes)
+    )
+
+
 def _round_and_phase(message: Message) -> tuple[int, str]:
-    server_round, phase = 0, _PHASE_OF_TYPE.get(message.metadata.message_type, "train")
+    server_round, phase = 0, _PHASE_OF_TYPE.get(category(message.metadata.message_type), "train")
     if message.has_content():
         for name, record in message.content.config_records.items():
             if "server-round" in record:
@@ -155,6 +177,7 @@ class MeteredGrid(Grid):
                     wire_bytes=wire_bytes(m),
                     payload_bytes=payload_bytes(m),
                     dense_equivalent_bytes=0 if phase == "enrol" else self.model_bytes,
+                    one_time_bytes=one_time_bytes(m, phase),
                 )
             )
 
@@ -165,7 +188,7 @@ class MeteredGrid(Grid):
             server_round, phase, message_type, node_id = self._sent.pop(
                 r.metadata.reply_to_message_id, (0, "train", r.metadata.message_type, int(r.metadata.src_node_id))
             )
-            carries_vector = message_type != MessageType.EVALUATE and phase != "enrol" and not r.has_error()
+            carries_vector = category(message_type) != MessageType.EVALUATE and phase != "enrol" and not r.has_error()
             self.traffic.add(
                 TrafficRecord(
                     server_round=server_round,
@@ -175,5 +198,6 @@ class MeteredGrid(Grid):
                     wire_bytes=wire_bytes(r),
                     payload_bytes=payload_bytes(r),
                     dense_equivalent_bytes=self.model_bytes if carries_vector else 0,
+                    one_time_bytes=one_time_bytes(r, phase) if phase in _ONE_TIME_PHASES else 0,
                 )
             )

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
+from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.supercore import log
 
@@ -35,8 +35,8 @@ class ReplyBatch:
 
     Attributes
     ----------
-    accepted : list[tuple[Reply, torch.Tensor | None]]
-        Valid replies with their decoded payload, sorted by partition id (then node id)
+    accepted : list[tuple[Reply, Any]]
+        Valid replies with their decoded payload (None without one), sorted by partition id (then node id)
         so that aggregation sums in the same order in every run, whatever the node ids.
     rejected : list[tuple[int, str]]
         (node id, reason) of each rejected reply.
@@ -46,7 +46,7 @@ class ReplyBatch:
         Replies that answered ``need-base``.
     """
 
-    accepted: list[tuple[Reply, torch.Tensor | None]] = field(default_factory=list)
+    accepted: list[tuple[Reply, Any]] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
     failed: int = 0
     lost_state: list[Reply] = field(default_factory=list)
@@ -86,12 +86,13 @@ class ReplyBatch:
 def check_replies(  # noqa: PLR0913 - one keyword per check
     replies: Iterable[Message],
     *,
-    decode: Callable[[Reply], torch.Tensor] | None,
+    decode: Callable[[Reply], Any] | None,
     max_examples: int | None = None,
     min_examples: int = 1,
     required_payloads: tuple[str, ...] = ("update",),
     max_model_version: int | None = None,
-    update_norm: Callable[[torch.Tensor], float] | None = None,
+    model_version: int | None = None,
+    update_norm: Callable[[Any], float] | None = None,
     max_update_norm: float | None = None,
 ) -> ReplyBatch:
     """Sort replies into accepted, rejected, failed and lost-state.
@@ -100,7 +101,7 @@ def check_replies(  # noqa: PLR0913 - one keyword per check
     ----------
     replies : Iterable[Message]
         The round's replies.
-    decode : Callable[[Reply], torch.Tensor] | None
+    decode : Callable[[Reply], Any] | None
         Decodes (and thereby checks length, dtype, finiteness and mask version of) a
         reply's payload; a :class:`fedfish.codec.CodecError` or ``ValueError`` rejects it.
         None for replies without payloads (evaluation).
@@ -112,9 +113,11 @@ def check_replies(  # noqa: PLR0913 - one keyword per check
         Payload keys an ``ok`` reply must carry (ignored when ``decode`` is None).
     max_model_version : int | None (default: None)
         A node cannot acknowledge a model version newer than this.
-    update_norm : Callable[[torch.Tensor], float] | None (default: None)
-        L2 norm of the change a decoded payload asks for (e.g. decoded values minus the
-        current global values at those positions); needed with ``max_update_norm``.
+    model_version : int | None (default: None)
+        An ``ok`` reply must acknowledge exactly this version (training replies: their
+        change is relative to the model the round sent).
+    update_norm : Callable[[Any], float] | None (default: None)
+        L2 norm of the change a decoded payload asks for; needed with ``max_update_norm``.
     max_update_norm : float | None (default: None)
         Reject updates whose ``update_norm`` exceeds this; None = no bound.
     """
@@ -141,6 +144,9 @@ def check_replies(  # noqa: PLR0913 - one keyword per check
                 batch.lost_state.append(reply)
                 log(INFO, "\t> node %d lost its state; it will get the base again", reply.node_id)
                 continue
+            if model_version is not None and reply.model_version != model_version:
+                raise ReplyRejected(reply.node_id, f"model-version {reply.model_version} is not this round's "
+                                                   f"{model_version}")
             decoded = _decode(reply, decode)
             if max_update_norm is not None and decoded is not None:
                 _check_norm(reply.node_id, update_norm(decoded), max_update_norm)  # type: ignore[misc]
@@ -268,7 +274,7 @@ def _check_norm(node_id: int, norm: float, bound: float) -> None:
         raise ReplyRejected(node_id, f"update norm {norm:.4g} exceeds the bound {bound:.4g}")
 
 
-def _decode(reply: Reply, decode: Callable[[Reply], torch.Tensor] | None) -> torch.Tensor | None:
+def _decode(reply: Reply, decode: Callable[[Reply], Any] | None) -> Any:  # noqa: ANN401 - the decoder's type
     if decode is None:
         return None
     try:

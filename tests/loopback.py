@@ -41,11 +41,12 @@ class LoopbackGrid(Grid):
     num_nodes : int
         Number of nodes (= partitions).
     handler : Handler | None (default: None)
-        Replaces the ClientApp (e.g. to corrupt replies); defaults to its dispatcher.
+        Replaces the ClientApp (e.g. to corrupt replies); defaults to the ClientApp itself,
+        which routes each message by its type as a SuperNode does.
     """
 
     def __init__(self, num_nodes: int, handler: Handler | None = None) -> None:
-        self.handler = handler or client_app._handle
+        self.handler = handler or client_app.app
         self.contexts = {
             1000 + i: Context(
                 run_id=7, node_id=1000 + i,

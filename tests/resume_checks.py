@@ -37,7 +37,9 @@ def assert_resumed_equals_uninterrupted(reference: Path, resumed: Path, resume_r
     actual = pd.read_csv(resumed / "rounds.csv").drop(columns=["seconds"]).set_index("round")
     later = expected.index >= resume_round
     for direction, size in extra.items():
-        for column in (f"bytes_{direction}", f"cumulative_bytes_{direction}", "bytes_total", "cumulative_bytes"):
+        # Enrolment is a one-time cost: it counts in the one-time columns as well.
+        for column in (f"bytes_{direction}", f"cumulative_bytes_{direction}", "bytes_total", "cumulative_bytes",
+                       f"one_time_bytes_{direction}", "cumulative_one_time_bytes"):
             column_is_per_round = not column.startswith("cumulative")
             rows = (expected.index == resume_round) if column_is_per_round else later
             expected.loc[rows, column] += size

@@ -10,14 +10,15 @@ import pytest
 from fedfish.accounting import TrafficLog, TrafficRecord, dense_equivalent_bytes, value_bytes
 
 
-def rec(server_round: int, phase: str, direction: str, node_id: int, wire: int, payload: int, dense: int) -> TrafficRecord:
-    return TrafficRecord(server_round, phase, direction, node_id, wire, payload, dense)
+def rec(server_round: int, phase: str, direction: str, node_id: int, wire: int, payload: int, dense: int,
+        one_time: int = 0) -> TrafficRecord:
+    return TrafficRecord(server_round, phase, direction, node_id, wire, payload, dense, one_time)
 
 
 # Two clients (7, 9), three rounds; round 2 has downlink only, round 3 uplink only.
 RECORDS = [
-    rec(1, "mask", "down", 7, 1_000, 900, 0),
-    rec(1, "train", "down", 7, 400_100, 400_000, 400_000),
+    rec(1, "calibration", "down", 7, 1_000, 900, 0, 1_000),
+    rec(1, "train", "down", 7, 400_100, 400_000, 400_000, 300),
     rec(1, "train", "down", 9, 400_100, 400_000, 400_000),
     rec(1, "train", "up", 7, 20_050, 20_000, 400_000),
     rec(1, "train", "up", 9, 20_060, 20_000, 400_000),
@@ -67,6 +68,7 @@ VALID = {"server_round": 1, "phase": "train", "direction": "up", "node_id": 3, "
         ("wire_bytes", -1),
         ("payload_bytes", 1.5),
         ("dense_equivalent_bytes", "40"),
+        ("one_time_bytes", -3),
         ("wire_bytes", True),
         ("phase", "fit"),
         ("direction", "sideways"),
@@ -97,7 +99,7 @@ def test_to_frame_has_one_row_per_record_and_exactly_the_record_fields() -> None
     # Assert
     assert list(frame.columns) == [f.name for f in fields(TrafficRecord)]
     assert len(frame) == len(RECORDS)
-    assert frame.iloc[3].tolist() == [1, "train", "up", 7, 20_050, 20_000, 400_000]
+    assert frame.iloc[3].tolist() == [1, "train", "up", 7, 20_050, 20_000, 400_000, 0]
     assert frame["wire_bytes"].sum() == sum(r.wire_bytes for r in RECORDS)
 
 
@@ -112,10 +114,14 @@ def test_per_round_sums_each_direction_with_zero_for_missing_and_cumulative_tota
             "payload_bytes_down": [800_900, 20_000, 0],
             "dense_equivalent_bytes_up": [800_000, 0, 400_000],
             "dense_equivalent_bytes_down": [800_000, 400_000, 0],
+            "one_time_bytes_up": [0, 0, 0],
+            "one_time_bytes_down": [1_300, 0, 0],
             "cumulative_bytes_up": [40_140, 40_140, 60_215],
             "cumulative_bytes_down": [801_200, 821_300, 821_300],
             "cumulative_dense_equivalent_bytes_up": [800_000, 800_000, 1_200_000],
             "cumulative_dense_equivalent_bytes_down": [800_000, 1_200_000, 1_200_000],
+            "cumulative_one_time_bytes_up": [0, 0, 0],
+            "cumulative_one_time_bytes_down": [1_300, 1_300, 1_300],
         }
     )
     # Execute
@@ -130,7 +136,7 @@ def test_per_phase_splits_a_round_by_phase() -> None:
     # Assert
     assert per_phase.loc[(1, "train"), "bytes_down"] == 800_200
     assert per_phase.loc[(1, "train"), "bytes_up"] == 40_110
-    assert per_phase.loc[(1, "mask"), ["bytes_down", "bytes_up", "payload_bytes_down"]].tolist() == [1_000, 0, 900]
+    assert per_phase.loc[(1, "calibration"), ["bytes_down", "bytes_up", "payload_bytes_down"]].tolist() == [1_000, 0, 900]
     assert per_phase.loc[(1, "evaluate"), "bytes_up"] == 30
     assert len(per_phase) == 5
     assert "cumulative_bytes_up" not in per_phase.columns
@@ -141,15 +147,15 @@ def test_per_client_sums_per_round_node_and_direction() -> None:
     per_client = make_log().per_client()
     # Assert
     assert list(per_client.columns) == ["server_round", "node_id", "direction", "wire_bytes", "payload_bytes",
-                                        "dense_equivalent_bytes"]
+                                        "dense_equivalent_bytes", "one_time_bytes"]
     rows = {tuple(r[:3]): tuple(r[3:]) for r in per_client.itertuples(index=False)}
     assert rows == {
-        (1, 7, "down"): (401_100, 400_900, 400_000),
-        (1, 9, "down"): (400_100, 400_000, 400_000),
-        (1, 7, "up"): (20_050, 20_000, 400_000),
-        (1, 9, "up"): (20_090, 20_000, 400_000),
-        (2, 7, "down"): (20_100, 20_000, 400_000),
-        (3, 7, "up"): (20_075, 20_000, 400_000),
+        (1, 7, "down"): (401_100, 400_900, 400_000, 1_300),
+        (1, 9, "down"): (400_100, 400_000, 400_000, 0),
+        (1, 7, "up"): (20_050, 20_000, 400_000, 0),
+        (1, 9, "up"): (20_090, 20_000, 400_000, 0),
+        (2, 7, "down"): (20_100, 20_000, 400_000, 0),
+        (3, 7, "up"): (20_075, 20_000, 400_000, 0),
     }
 
 

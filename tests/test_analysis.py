@@ -162,9 +162,10 @@ def test_phase_bytes_and_one_time_bytes_sum_the_message_log() -> None:
     # Prepare
     clients = pd.DataFrame({
         "run": ["r"] * 5 + ["s"],
-        "phase": ["calibration", "calibration", "mask", "train", "train", "train"],
+        "phase": ["calibration", "calibration", "train", "train", "train", "train"],
         "direction": ["down", "up", "down", "down", "up", "up"],
         "wire_bytes": [1000, 500, 70, 7, 3, 11],
+        "one_time_bytes": [1000, 500, 60, 0, 0, 0],
     })
 
     # Execute
@@ -173,8 +174,8 @@ def test_phase_bytes_and_one_time_bytes_sum_the_message_log() -> None:
 
     # Assert
     assert phases.loc[("r", "calibration")].to_dict() == {"up": 500, "down": 1000, "total": 1500}
-    assert phases.loc[("r", "train"), "total"] == 10 and phases.loc[("s", "train"), "down"] == 0
-    assert once.to_dict() == {"r": 1570, "s": 0}
+    assert phases.loc[("r", "train"), "total"] == 80 and phases.loc[("s", "train"), "down"] == 0
+    assert once.to_dict() == {"r": 1560, "s": 0}
 
 
 def test_fisher_vs_random_compares_at_the_smaller_byte_budget(tmp_path: Path) -> None:

@@ -20,9 +20,13 @@ from hypothesis import strategies as st
 
 from fedfish import codec
 from fedfish.codec import CodecError, Kind
-from fedfish.masks import Mask, random_mask
+from fedfish.fisher import diagonal_fisher
+from fedfish.layout import ParamLayout
+from fedfish.masks import Mask, random_mask, top_k_mask
+from fedfish.models import build_model, head_names
 
 HEADER = 40
+FLOAT_DTYPES = ("fp32", "fp16", "bf16")  # decoded values equal torch's cast; int8 is tested on its own
 VALUE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 TORCH_DTYPE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROPS = settings(max_examples=60, deadline=None)
@@ -71,6 +75,35 @@ def delta_bytes(indices: list[int]) -> bytes:
     return leb128(gaps)
 
 
+def reference_runs_body(bits: list[bool]) -> bytes:
+    """The documented run-length Rice body, built one bit and one value at a time."""
+    runs, current, length = [], False, 0
+    for bit in bits:
+        if bit == current:
+            length += 1
+        else:
+            runs.append(length)
+            current, length = bit, 1
+    runs.append(length)
+    values = [runs[0]] + [r - 1 for r in runs[1:]]
+    blocks = [values[i : i + 32] for i in range(0, len(values), 32)]
+    params = [min(range(64), key=lambda b: (sum((v >> b) + 1 + b for v in block), b)) for block in blocks]
+
+    def packed(bit_list: list[int]) -> bytes:
+        out = bytearray((len(bit_list) + 7) // 8)
+        for i, bit in enumerate(bit_list):
+            out[i // 8] |= bit << (i % 8)
+        return bytes(out)
+
+    param_bits = [(p >> j) & 1 for p in params for j in range(6)]
+    unary, remainder = [], []
+    for i, v in enumerate(values):
+        b = params[i // 32]
+        unary += [1] * (v >> b) + [0]
+        remainder += [(v >> j) & 1 for j in range(b)]
+    return leb128([len(values)]) + packed(param_bits) + packed(unary) + packed(remainder)
+
+
 def torch_cast(values: torch.Tensor, dtype: str) -> torch.Tensor:
     return values.to(TORCH_DTYPE[dtype]).to(torch.float32)
 
@@ -91,7 +124,7 @@ def finite_values(size: int) -> st.SearchStrategy[torch.Tensor]:
 # ----------------------------------------------------------------------------- round trips and sizes
 
 
-@pytest.mark.parametrize("dtype", codec.VALUE_DTYPES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @PROPS
 @given(data=st.data())
 def test_values_round_trip_equals_torch_cast_and_size_is_header_plus_k_values(dtype: str, data: st.DataObject) -> None:
@@ -126,7 +159,7 @@ def test_half_precision_rounding_matches_torch_on_edge_values(dtype: str) -> Non
     assert torch.equal(decoded.view(torch.int32), torch_cast(values, dtype).view(torch.int32))
 
 
-@pytest.mark.parametrize("dtype", codec.VALUE_DTYPES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @PROPS
 @given(data=st.data())
 def test_dense_round_trip_equals_torch_cast_and_size(dtype: str, data: st.DataObject) -> None:
@@ -141,7 +174,7 @@ def test_dense_round_trip_equals_torch_cast_and_size(dtype: str, data: st.DataOb
     assert torch.equal(decoded, torch_cast(vector, dtype))
 
 
-@pytest.mark.parametrize("dtype", codec.VALUE_DTYPES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @PROPS
 @given(data=st.data())
 def test_sparse_round_trip_and_body_is_values_then_reference_varints(dtype: str, data: st.DataObject) -> None:
@@ -182,22 +215,55 @@ def test_mask_round_trips_in_both_forced_forms_with_reference_bodies(mask: Mask,
 
 @PROPS
 @given(mask=masks(max_params=2000))
-def test_mask_auto_picks_the_smaller_form(mask: Mask) -> None:
+def test_mask_runs_form_round_trips_with_the_reference_body(mask: Mask) -> None:
+    # Execute
+    payload = codec.encode_mask(mask, "runs")
+    # Assert
+    assert codec.payload_kind(payload) == "mask_runs"
+    assert payload[HEADER:] == reference_runs_body(mask.bits.tolist())
+    assert codec.decode_mask(payload) == mask
+
+
+@PROPS
+@given(mask=masks(max_params=2000))
+def test_mask_auto_picks_the_smallest_form(mask: Mask) -> None:
     # Prepare
-    bitmap_size = math.ceil(mask.num_params / 8)
-    delta_size = len(delta_bytes(mask.indices().tolist()))
+    sizes = {
+        "mask_bitmap": math.ceil(mask.num_params / 8),
+        "mask_delta": len(delta_bytes(mask.indices().tolist())),
+        "mask_runs": len(reference_runs_body(mask.bits.tolist())),
+    }
     # Execute
     payload = codec.encode_mask(mask)
-    # Assert
-    assert len(payload) == HEADER + min(bitmap_size, delta_size)
-    assert codec.payload_kind(payload) == ("mask_delta" if delta_size < bitmap_size else "mask_bitmap")
+    # Assert: the smallest, the first in that order on a tie
+    smallest = min(sizes, key=sizes.__getitem__)
+    assert len(payload) == HEADER + sizes[smallest]
+    assert codec.payload_kind(payload) == smallest
     assert codec.decode_mask(payload) == mask
+
+
+def test_runs_form_of_a_fish_mask_is_below_the_order0_entropy() -> None:
+    # Prepare: a real FISH mask: Fisher of the FedAvg CNN (seeded) on 64 random inputs, 5%
+    torch.manual_seed(0)
+    model = build_model("cnn")
+    generator = torch.Generator().manual_seed(0)
+    inputs, labels = torch.randn(64, 1, 28, 28, generator=generator), torch.randint(0, 10, (64,), generator=generator)
+    layout = ParamLayout.of(model)
+    mask = top_k_mask(diagonal_fisher(model, inputs, labels), 0.05, always_include=layout.indicator(head_names(model)))
+    # Execute
+    sizes = {form: len(codec.encode_mask(mask, form)) for form in ("bitmap", "delta", "runs")}
+    # Assert: a clustered mask codes below H(k/P) * P / 8 bytes, the bound for a uniform one
+    density = mask.k / mask.num_params
+    entropy_bytes = -(density * math.log2(density) + (1 - density) * math.log2(1 - density)) * mask.num_params / 8
+    assert sizes["runs"] < 0.6 * entropy_bytes < sizes["delta"] < sizes["bitmap"]
+    assert len(codec.encode_mask(mask)) == sizes["runs"]
+    assert codec.decode_mask(codec.encode_mask(mask)) == mask
 
 
 @pytest.mark.parametrize(
     ("density", "expected_kind"), [(0.01, "mask_delta"), (0.5, "mask_bitmap")]
 )
-def test_mask_auto_uses_delta_for_sparse_and_bitmap_for_dense_masks(density: float, expected_kind: str) -> None:
+def test_mask_auto_uses_delta_for_uniform_sparse_and_bitmap_for_dense_masks(density: float, expected_kind: str) -> None:
     # Prepare
     mask = random_mask(10_000, density, seed=1, version=7)
     # Execute
@@ -226,6 +292,42 @@ def test_dense_values_and_sparse_transport_reconstruct_identical_updates(data: s
     assert torch.equal(dense, update)
     assert torch.equal(via_values, dense)
     assert torch.equal(via_sparse, dense)
+
+
+@PROPS
+@given(data=st.data(), seed=st.integers(0, 2**31))
+def test_int8_round_trip_is_within_one_step_of_its_block_and_sized_as_documented(data: st.DataObject, seed: int) -> None:
+    # Prepare
+    n = data.draw(st.integers(0, 700))
+    values = data.draw(finite_values(n))
+    # Execute
+    payload = codec.encode_dense(values, "int8", generator=torch.Generator().manual_seed(seed))
+    again = codec.encode_dense(values, "int8", generator=torch.Generator().manual_seed(seed))
+    decoded = codec.decode_dense(payload, n)
+    # Assert: 4 bytes of scale per 256 values, one byte per value; error below one step
+    assert len(payload) == HEADER + 4 * math.ceil(n / 256) + n
+    assert payload == again
+    for start in range(0, n, 256):
+        block = values[start : start + 256]
+        step = float(block.abs().max()) / 127
+        assert (decoded[start : start + 256] - block).abs().max() <= step * (1 + 1e-5) + 1e-30
+
+
+def test_int8_stochastic_rounding_is_unbiased() -> None:
+    # Prepare: values at awkward fractions of a step, where round-to-nearest would be biased
+    values = torch.tensor([1.0, 0.3, -0.71, 0.05, -0.999, 0.5, 0.0, 1e-3] * 40)
+    step = 1.0 / 127
+    generator = torch.Generator().manual_seed(0)
+    draws = 2000
+    # Execute
+    mean = sum(codec.decode_dense(codec.encode_dense(values, "int8", generator=generator), 320)
+               for _ in range(draws)) / draws
+    # Assert: the rounding error of one draw is at most one step (std <= step / 2), so the
+    # mean of 2000 draws lies within 5 standard errors of the value; nearest rounding misses it
+    tolerance = 5 * (step / 2) / math.sqrt(draws)
+    assert (mean - values).abs().max() < tolerance
+    nearest = torch.round(values / step) * step
+    assert (nearest - values).abs().max() > 5 * tolerance
 
 
 def test_uplink_values_payload_is_within_2_percent_of_raw_values_at_83k() -> None:
@@ -286,9 +388,12 @@ def _samples() -> list[tuple[str, bytes, Callable[[bytes], object]]]:
             for d in codec.VALUE_DTYPES
         ],
         ("dense-fp32", codec.encode_dense(dense), lambda p: codec.decode_dense(p, 40)),
+        ("dense-int8", codec.encode_dense(torch.linspace(-2.0, 2.0, 300), "int8", generator=torch.Generator()),
+         lambda p: codec.decode_dense(p, 300)),
         ("dense-bf16", codec.encode_dense(dense, "bf16"), lambda p: codec.decode_dense(p, 40)),
         ("mask-bitmap", codec.encode_mask(MASK, "bitmap"), codec.decode_mask),
         ("mask-delta", codec.encode_mask(SPARSE_MASK, "delta"), codec.decode_mask),
+        ("mask-runs", codec.encode_mask(MASK, "runs"), codec.decode_mask),
         ("sparse-fp16", codec.encode_sparse(idx, torch.tensor([1.0, -2.0, 3.0]), 2000, "fp16"),
          lambda p: codec.decode_sparse(p, 2000)),
     ]
@@ -360,6 +465,15 @@ def _body_patched(payload: bytes, body: bytes, count: int | None = None) -> byte
     return reseal(data)
 
 
+def _runs_payload(bits: list[bool], body: bytes | None = None, count: int | None = None) -> bytes:
+    template = codec.encode_mask(make_mask(bits), "runs")
+    return _body_patched(template, template[HEADER:] if body is None else body, count)
+
+
+RUN_BITS = [False] * 5 + [True] * 3 + [False] * 4  # runs 5, 3, 4: values 5, 2, 3
+INT8_TEMPLATE = codec.encode_dense(torch.linspace(-1.0, 1.0, 10), "int8", generator=torch.Generator())
+
+
 def _delta_payload(body: bytes, count: int, num_params: int = 2000) -> bytes:
     template = codec.encode_mask(SPARSE_MASK, "delta")
     return patch(_body_patched(template, body, count), OFF_NUM_PARAMS, "<Q", num_params)
@@ -402,7 +516,25 @@ FORGED = [
     ("sparse-short-values", lambda: _body_patched(SPARSE_TEMPLATE, b"\0" * 5),
      lambda p: codec.decode_sparse(p, 2000), "too short"),
     ("sparse-index-count", lambda: _body_patched(SPARSE_TEMPLATE, SPARSE_TEMPLATE[HEADER:] + b"\x01"),
-     lambda p: codec.decode_sparse(p, 2000), "number of indices mismatch: expected 3, got 4"),
+     lambda p: codec.decode_sparse(p, 2000), "number of varints mismatch: expected 3, got 4"),
+    ("int8-nan-scale", lambda: patch(INT8_TEMPLATE, HEADER, "<I", 0x7FC00000), lambda p: codec.decode_dense(p, 10), "scales"),
+    ("int8-negative-scale", lambda: patch(INT8_TEMPLATE, HEADER, "<f", -0.5), lambda p: codec.decode_dense(p, 10), "scales"),
+    ("int8-inf-scale", lambda: patch(INT8_TEMPLATE, HEADER, "<I", 0x7F800000), lambda p: codec.decode_dense(p, 10), "scales"),
+    ("int8-overflowing-scale", lambda: patch(INT8_TEMPLATE, HEADER, "<f", 3e38), lambda p: codec.decode_dense(p, 10), "finite"),
+    ("int8-code-128", lambda: patch(INT8_TEMPLATE, HEADER + 4, "<B", 0x80), lambda p: codec.decode_dense(p, 10), "-128"),
+    ("int8-length", lambda: _body_patched(INT8_TEMPLATE, INT8_TEMPLATE[HEADER:-1]), lambda p: codec.decode_dense(p, 10),
+     "body length"),
+    ("runs-sum", lambda: patch(_runs_payload(RUN_BITS), OFF_NUM_PARAMS, "<Q", 13), codec.decode_mask, "cover 12 entries"),
+    ("runs-count", lambda: _runs_payload(RUN_BITS, count=4), codec.decode_mask, "number of set bits mismatch"),
+    ("runs-no-count", lambda: _runs_payload(RUN_BITS, body=b""), codec.decode_mask, "missing run count"),
+    ("runs-too-many", lambda: _runs_payload(RUN_BITS, body=leb128([14])), codec.decode_mask, "14 runs for 12 entries"),
+    ("runs-truncated-params", lambda: _runs_payload(RUN_BITS, body=leb128([3])), codec.decode_mask, "truncated"),
+    ("runs-truncated-unary", lambda: _runs_payload(RUN_BITS, body=leb128([3]) + b"\x00\xff"),
+     codec.decode_mask, "truncated in the unary codes"),
+    ("runs-trailing", lambda: _runs_payload(RUN_BITS, body=codec.encode_mask(make_mask(RUN_BITS), "runs")[HEADER:] + b"\x00"),
+     codec.decode_mask, "expected .* bytes"),
+    ("runs-huge-run", lambda: _runs_payload(RUN_BITS, body=leb128([1]) + b"\x00\xff\x1f"),
+     codec.decode_mask, "longer than the vector"),
     ("delta-zero-gap", lambda: _delta_payload(leb128([3, 0, 5]), 3), codec.decode_mask, "strictly increasing"),
     ("delta-out-of-range", lambda: _delta_payload(leb128([3, 1000, 1000]), 3), codec.decode_mask, "out of range"),
     ("delta-gap-out-of-range", lambda: _delta_payload(leb128([2000]), 1), codec.decode_mask, "out of range"),
@@ -449,7 +581,8 @@ ENCODE_ERRORS = [
     ("values-inf", lambda: codec.encode_values(torch.full((MASK.k,), float("inf")), MASK), "finite"),
     ("fp16-overflow", lambda: codec.encode_values(torch.full((MASK.k,), 1e5), MASK, "fp16"), "representable in fp16"),
     ("bf16-overflow", lambda: codec.encode_values(torch.full((MASK.k,), 3.4028e38), MASK, "bf16"), "representable in bf16"),
-    ("unknown-dtype", lambda: codec.encode_values(VALUES, MASK, "fp64"), r"dtype: expected one of \('fp32', 'fp16', 'bf16'\)"),
+    ("unknown-dtype", lambda: codec.encode_values(VALUES, MASK, "fp64"), r"dtype: expected one of \('fp32', 'fp16', 'bf16', 'int8'\)"),
+    ("int8-nan", lambda: codec.encode_values(torch.full((MASK.k,), float("nan")), MASK, "int8"), "finite"),
     ("values-2d", lambda: codec.encode_values(VALUES.reshape(1, -1), MASK), "1-D floating"),
     ("values-int", lambda: codec.encode_values(torch.ones(MASK.k, dtype=torch.int64), MASK), "1-D floating"),
     ("dense-2d", lambda: codec.encode_dense(torch.ones(2, 2)), "vector: expected a 1-D tensor"),
@@ -463,7 +596,7 @@ ENCODE_ERRORS = [
     ("sparse-num-params", lambda: codec.encode_sparse(torch.tensor([1]), torch.ones(1), -1), "num_params"),
     ("mask-form", lambda: codec.encode_mask(MASK, "rle"), "form: expected one of"),
     ("mask-version-u32", lambda: codec.encode_mask(make_mask([True], version=2**32)), "mask.version"),
-    ("value-bytes-dtype", lambda: codec.value_bytes("int8"), "dtype"),
+    ("value-bytes-dtype", lambda: codec.value_bytes("fp64"), "dtype"),
 ]
 
 

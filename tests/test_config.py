@@ -57,7 +57,7 @@ def test_cli_overrides_parse_as_toml_scalars() -> None:
         ({"num-server-rounds": 0}, "num-server-rounds"),
         ({"num-server-rounds": 2.5}, "num-server-rounds: expected int"),
         ({"strategy": "fedprox"}, "strategy: must be one of"),
-        ({"value-dtype": "int8"}, "value-dtype"),
+        ({"value-dtype": "int4"}, "value-dtype"),
         ({"fisher-type": "true"}, "fisher-type"),
         ({"partitioner": "zipf"}, "partitioner"),
         ({"alpha": 0}, "alpha"),

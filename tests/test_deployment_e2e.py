@@ -6,7 +6,8 @@ Fashion-MNIST partition and its own state folder (``--node-config``), and
 ``flwr run <app> fedfish`` for 5 rounds of FedFish. Once round 1 is in rounds.csv,
 SuperNode 1 is killed (SIGTERM to its process group, ClientApp included) and started
 again; it keeps its node id (same key), its ClientApp reloads base, mask and versions
-from its state folder, and it trains on with deltas: no dense model is sent to it again.
+from its state folder, and it trains on with deltas: no dense model is sent to it (nor to anyone:
+every node rebuilds the seeded initial model).
 
 Why 5 rounds: a node killed at a round boundary may miss round 2 (offline, or it had
 pulled the message), and on a loaded machine the restart itself can take a round longer
@@ -324,7 +325,9 @@ def test_nodes_keep_base_and_mask_across_rounds(federation: Federation) -> None:
     # Execute
     later = clients[(clients.server_round >= 2) & clients.node_id.isin(steady)]
 
-    # Assert: after round 1 the SuperNodes that ran throughout only ever got mask values.
+    # Assert: no SuperNode was ever sent the dense model (each rebuilt the seeded initial
+    # model), and after round 1 those that ran throughout only ever got mask values.
+    assert (clients[clients.direction == "down"].payload_bytes < DENSE_BYTES / 10).all()
     assert len(later[later.direction == "down"]) == len(steady) * (ROUNDS - 1)
     assert (later[later.direction == "down"].payload_bytes < DENSE_BYTES / 10).all()
     assert (later[later.direction == "up"].dense_equivalent_bytes == DENSE_BYTES).all()  # no error replies
@@ -336,7 +339,7 @@ def test_restarted_node_resumes_from_its_state_folder(federation: Federation) ->
     victim = federation.node_ids[VICTIM]
     rounds = pd.read_csv(federation.run_dir / "rounds.csv").set_index("round")
     clients = _read_clients(federation.run_dir)
-    state_files = {p: federation.state_dir(p) / str(RUN_CONFIG["run-name"]) / f"partition-{p}.pt"
+    state_files = {p: federation.state_dir(p) / str(RUN_CONFIG["run-name"]) / f"partition-{p}.state"
                    for p in range(NUM_NODES)}
 
     # Execute

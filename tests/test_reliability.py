@@ -23,7 +23,7 @@ from fedfish import codec
 from fedfish.accounting import TrafficRecord
 from fedfish.layout import ParamLayout, flatten_params
 from fedfish.masks import Mask
-from simulations import client_app
+from fedfish.models import seeded_model
 from simulations.checkpoint import RoundOffset, ServerState, load_checkpoint, save_checkpoint
 from simulations.config import ConfigError, RunConfig
 from simulations.results import read_run
@@ -80,9 +80,9 @@ def test_failed_messages_are_counted_and_the_run_finishes(faulty_run) -> None:
     # Assert: every round logged; failures counted per round as the replies say
     assert list(rounds["round"]) == [0, 1, 2, 3, 4]
     for server_round in range(1, 5):
-        sent = [(m.content[records.CONFIG]["task"], r) for m, r in grid.pairs
+        sent = [(m.metadata.message_type, r) for m, r in grid.pairs
                 if m.content[records.CONFIG]["server-round"] == server_round]
-        train = [r for task, r in sent if task == "train"]
+        train = [r for kind, r in sent if kind == "train.fedfish"]
         row = rounds.set_index("round").loc[server_round]
         assert row["clients_failed"] == sum(r.has_error() for _, r in sent)  # calibration included
         assert row["clients_ok"] == sum(not r.has_error() for r in train)
@@ -99,21 +99,23 @@ def test_failed_messages_are_counted_and_the_run_finishes(faulty_run) -> None:
 
 def test_failed_replies_never_change_the_model(faulty_run) -> None:
     cfg, grid, run_dir = faulty_run
-    # Prepare: an independent oracle, np.average over the masked values of the ok replies
+    # Prepare: an independent oracle: the masked values the last round started from (sent to
+    # a synced node) plus np.average of the changes of the ok replies alone
     mask = codec.decode_mask((run_dir / "mask.bin").read_bytes())
     _, rounds, _ = read_run(run_dir)
-    last_train_round = max(int(m.content[records.CONFIG]["server-round"]) for m, _ in grid.pairs)
-    ok = [(m, r) for m, r in grid.pairs if not r.has_error()
-          and m.content[records.CONFIG]["task"] == "train"
-          and m.content[records.CONFIG]["server-round"] == last_train_round]
-    values = np.stack([codec.decode_values(r.content[records.PAYLOAD]["update"], mask).numpy() for _, r in ok])
+    last = [(m, r) for m, r in grid.pairs if m.metadata.message_type == "train.fedfish"
+            and m.content[records.CONFIG]["server-round"] == cfg.num_server_rounds]
+    ok = [(m, r) for m, r in last if not r.has_error()]
+    start = next(codec.decode_values(m.content[records.PAYLOAD]["model-values"], mask) for m, _ in last
+                 if m.content[records.CONFIG]["sync"] == "delta-mask")
+    changes = np.stack([codec.decode_values(r.content[records.PAYLOAD]["update"], mask).numpy() for _, r in ok])
     weights = [r.content[records.METRICS]["num-examples"] for _, r in ok]
-    expected = np.average(values.astype(np.float64), axis=0, weights=weights)
+    expected = start.numpy().astype(np.float64) + np.average(changes.astype(np.float64), axis=0, weights=weights)
     # Execute
     final = _flat(run_dir)
-    # Assert: masked entries are the average of the ok replies alone; the rest is the initial model
-    torch.manual_seed(cfg.seed)
-    initial = flatten_params(client_app.build_model(cfg.model))
+    # Assert: masked entries moved by the ok replies' average alone; the rest is the initial model
+    initial = flatten_params(seeded_model(cfg.model, cfg.seed))
+    assert len(ok) >= 1
     np.testing.assert_allclose(final[mask.bits].numpy(), expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(final[~mask.bits], initial[~mask.bits])
     assert not bool(rounds["skipped"].any())
@@ -129,8 +131,7 @@ def test_round_with_too_few_replies_is_skipped_and_model_unchanged(tmp_path: Pat
     _, rounds, _ = read_run(run_dir)
     assert rounds.loc[rounds["round"] > 0, "skipped"].all()
     assert (rounds.loc[rounds["round"] > 0, "clients_failed"] == 3).all()
-    torch.manual_seed(cfg.seed)
-    assert torch.equal(_flat(run_dir), flatten_params(client_app.build_model(cfg.model)))
+    assert torch.equal(_flat(run_dir), flatten_params(seeded_model(cfg.model, cfg.seed)))
 
 
 # ---------------------------------------------------------------- fuzzed replies
@@ -150,7 +151,7 @@ MALFORMED = (
 def _strategy() -> FedFish:
     strategy = FedFish(layout=LAYOUT, head=torch.zeros(P, dtype=torch.bool), client_config={},
                        max_examples=MAX_EXAMPLES, max_update_norm=MAX_NORM, min_replies=1)
-    strategy.mask = MASK
+    strategy.masks.mask = MASK
     strategy.history.record(None)
     strategy.history.record(MASK.bits)
     torch.manual_seed(0)
@@ -360,9 +361,10 @@ def test_counting_fedavg_rejects_bad_arguments(kwargs: dict, match: str) -> None
 def test_checkpoint_round_trip_is_exact(tmp_path: Path) -> None:
     # Prepare
     strategy = _strategy()
-    strategy.held_model, strategy.held_mask = {0: 2, 4: 1}, {0: 2}
-    strategy.partition_of = {77: 0, 78: 4}
-    strategy.rng.random()
+    holdings = strategy.holdings
+    holdings.held_model, holdings.held_mask = {0: 2, 4: 1}, {0: 2}
+    holdings.partition_of = {77: 0, 78: 4}
+    holdings.rng.random()
     random.seed(123)
     state = ServerState.capture(
         3, TINY, ArrayRecord(TINY_MODEL.state_dict()), strategy,
@@ -377,10 +379,10 @@ def test_checkpoint_round_trip_is_exact(tmp_path: Path) -> None:
     assert loaded.server_round == 3 and loaded.traffic == state.traffic and loaded.rows == [{"round": 0, "accuracy": 0.5}]
     assert all(torch.equal(loaded.arrays[k], state.arrays[k]) for k in state.arrays)
     assert torch.equal(restored.mask.bits, MASK.bits) and restored.mask.version == MASK.version
-    assert restored.held_model == {0: 2, 4: 1} and restored.held_mask == {0: 2}
-    assert restored.partition_of == {77: 0, 78: 4}
+    assert restored.holdings.held_model == {0: 2, 4: 1} and restored.holdings.held_mask == {0: 2}
+    assert restored.holdings.partition_of == {77: 0, 78: 4}
     assert restored.client_config["run-token"] == strategy.client_config["run-token"] != _strategy().client_config["run-token"]
-    assert restored.rng.random() == strategy.rng.random()
+    assert restored.holdings.rng.random() == holdings.rng.random()
     assert restored.history.plan(1).kind == "delta" and torch.equal(restored.history.plan(1).positions, MASK.bits)
     loaded.restore_random()
     expected = random.Random(123).random()
@@ -390,10 +392,10 @@ def test_checkpoint_round_trip_is_exact(tmp_path: Path) -> None:
 def test_no_checkpoint_loads_as_none_and_a_foreign_file_is_refused(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path) is None
     torch.save({"something": 1}, tmp_path / "checkpoint.pt")
-    with pytest.raises(ValueError, match="not a format-2 FedFish checkpoint"):
+    with pytest.raises(ValueError, match="not a format-3 FedFish checkpoint"):
         load_checkpoint(tmp_path)
     torch.save({"format": 1}, tmp_path / "checkpoint.pt")  # before client state was on disk
-    with pytest.raises(ValueError, match="not a format-2 FedFish checkpoint"):
+    with pytest.raises(ValueError, match="not a format-3 FedFish checkpoint"):
         load_checkpoint(tmp_path)
 
 
@@ -448,20 +450,23 @@ def test_resume_after_a_round_the_server_never_checkpointed(tmp_path: Path) -> N
     assert_resumed_equals_uninterrupted(first, resumed, resume_round=3, num_nodes=3)
 
 
-def test_resume_without_client_state_on_disk_resyncs_dense(tmp_path: Path) -> None:
+def test_resume_without_client_state_on_disk_resyncs_from_version_0(tmp_path: Path) -> None:
     # Prepare: the same stop-and-resume, but clients keep their state in memory only
     cfg = TINY.replace(results_dir=str(tmp_path), num_server_rounds=3, client_state_dir="off")
     # Execute
     first = _federate(cfg.replace(run_name="a"), LoopbackGrid(3))
     _federate(cfg.replace(run_name="c", num_server_rounds=2), LoopbackGrid(3))
     resumed = _federate(cfg.replace(run_name="c", resume=True), _renumbered(LoopbackGrid(3), offset=90))
-    # Assert: nothing on disk; each node enrols holding nothing, so in round 3 it gets the
-    # dense model (no need-base round trip: the model is still the uninterrupted one)
+    # Assert: nothing on disk; each node enrols holding nothing, rebuilds version 0, and in
+    # round 3 gets the mask once more besides the values it needs anyway: never the dense
+    # model, no need-base round trip, and the model is still the uninterrupted one
     assert not (tmp_path / "client-state").exists()
     assert torch.equal(_flat(first), _flat(resumed))
     a, c = (pd.read_csv(d / "rounds.csv").set_index("round") for d in (first, resumed))
-    dense = 4 * _flat(first).numel()
-    assert c.loc[3, "payload_bytes_down"] - a.loc[3, "payload_bytes_down"] >= 3 * 0.9 * dense  # mask: 5%
+    mask_bytes = len((first / "mask.bin").read_bytes())
+    assert c.loc[3, "payload_bytes_down"] - a.loc[3, "payload_bytes_down"] == 3 * mask_bytes
+    assert c.loc[3, "one_time_bytes_down"] - a.loc[3, "one_time_bytes_down"] >= 3 * mask_bytes
+    assert c.loc[3, "clients_resynced"] == 0
 
 
 def test_fresh_run_of_the_same_name_never_builds_on_stale_client_state(tmp_path: Path) -> None:
@@ -470,14 +475,17 @@ def test_fresh_run_of_the_same_name_never_builds_on_stale_client_state(tmp_path:
     _federate(cfg, LoopbackGrid(3))
     stale = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "client-state" / "x").iterdir()}
     # Execute
-    grid = LoopbackGrid(3)
+    grid = RecordingLoopback(3)
     _federate(cfg.replace(num_server_rounds=1), grid)
-    # Assert: the enrolment found nothing it could use; every node got the dense base
+    # Assert: every node enrolled holding nothing (the stale state has another run token), and
+    # was then sent nothing in calibration: it rebuilt version 0, not the stale model
+    enrolled = [r.content[records.ACK] for m, r in grid.pairs if m.metadata.message_type == "query.enrol"]
+    assert [(ack["model-version"], ack["mask-version"]) for ack in enrolled] == [(-1, -1)] * 3
     first_sync: dict[int, str] = {}
     for message in grid.delivered:
-        if message.content[records.CONFIG]["task"] != "enrol":
+        if message.metadata.message_type != "query.enrol":
             first_sync.setdefault(message.metadata.dst_node_id, message.content[records.CONFIG]["sync"])
-    assert first_sync == {1000: "full", 1001: "full", 1002: "full"}
+    assert first_sync == {1000: "current", 1001: "current", 1002: "current"}
     fresh = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "client-state" / "x").iterdir()}
     assert fresh.keys() == stale.keys() and all(fresh[k] > stale[k] for k in stale)
 

@@ -14,7 +14,7 @@ from flwr.simulation import run_simulation
 
 from fedfish import codec
 from fedfish.layout import ParamLayout
-from fedfish.models import build_model
+from fedfish.models import build_model, seeded_model
 from simulations.client_app import app as client_app
 from simulations.config import RunConfig
 from simulations.server_app import run_federation
@@ -106,8 +106,7 @@ def test_logged_wire_bytes_equal_serialized_messages(simulated) -> None:
 def test_unmasked_parameters_unchanged_and_restarted_node_resynced(simulated) -> None:
     cfg, _ = simulated
     run_dir = f"{cfg.results_dir}/{cfg.run_name}"
-    torch.manual_seed(cfg.seed)
-    initial = build_model(cfg.model)
+    initial = seeded_model(cfg.model, cfg.seed)
     final = build_model(cfg.model)
     final.load_state_dict(torch.load(f"{run_dir}/model.pt", weights_only=True))
     layout = ParamLayout.of(initial)
@@ -119,8 +118,11 @@ def test_unmasked_parameters_unchanged_and_restarted_node_resynced(simulated) ->
     rounds = pd.read_csv(f"{run_dir}/rounds.csv").set_index("round")
     clients = pd.read_csv(f"{run_dir}/clients.csv")
     assert rounds.loc[3, "clients_resynced"] == 1
+    # Nodes rebuild the seeded initial model: no dense model crosses the wire, even to the
+    # restarted node, which gets the mask (one-time) and the values under it in round 4
     dense = 4 * layout.num_params
+    assert (clients[clients.direction == "down"].payload_bytes < dense / 10).all()
     down4 = clients[(clients.server_round == 4) & (clients.direction == "down")]
-    assert (down4.payload_bytes >= dense).sum() == 1  # the restarted node, and only it
-    down2 = clients[(clients.server_round == 2) & (clients.direction == "down")]
-    assert (down2.payload_bytes < dense / 10).all()  # synced nodes get values only
+    values = codec.HEADER_SIZE + 4 * mask.k
+    assert sorted(down4.payload_bytes) == [values, values, values + len(codec.encode_mask(mask))]
+    assert int(down4.one_time_bytes.sum()) == len(codec.encode_mask(mask))

@@ -16,7 +16,8 @@ from fedfish.accounting import TrafficLog
 from fedfish.layout import ParamLayout
 from fedfish.masks import Mask
 from fedfish.models import build_model, head_names
-from simulations import client_app
+from fedfish.holding import Holding
+from simulations import client_app, client_state
 from simulations.config import RunConfig
 from simulations.server_app import build_strategy, client_config, initial_model
 from strategies import records
@@ -91,48 +92,92 @@ def test_logged_bytes_are_serialized_message_sizes() -> None:
     # Assert: every delivered message was logged once, at its serialized size
     down = frame[frame.direction == "down"]
     assert sorted(down.wire_bytes) == sorted(wire_bytes(m) for m in grid.delivered)
-    assert set(frame.phase) == {"enrol", "calibration", "mask", "train"}
-    # Enrolment: once per node and direction, in round 1 only, and small
+    assert set(frame.phase) == {"enrol", "calibration", "train"}
+    # Enrolment: once per node and direction, in round 1 only, small, and all one-time
     enrol = frame[frame.phase == "enrol"]
     assert set(enrol.server_round) == {1}
     assert sorted(enrol.groupby("direction").node_id.apply(sorted).tolist()) == [[1000, 1001, 1002]] * 2
     assert (enrol.payload_bytes == 0).all() and (enrol.wire_bytes < 1000).all()
-    # Steady state: a synced node gets only the masked values, and sends only them
+    assert (enrol.one_time_bytes == enrol.wire_bytes).all()
+    # Steady state: a synced node gets only the masked values, and sends only its change there
     k = strategy.mask.k
     steady = frame[(frame.server_round == 3)]
     assert (steady.phase == "train").all()
     assert (steady.payload_bytes == codec.HEADER_SIZE + 4 * k).all()
     assert (steady.wire_bytes < 1.02 * 4 * k).all()
-    # Round 1 downlinks carry the dense base (calibration) then the mask
+    assert (steady.one_time_bytes == 0).all()
+    # Round 1: nodes rebuild the seeded initial model, so calibration sends no model, and the
+    # first training message carries the mask alone (a one-time cost); no dense vector, ever
     first = frame[(frame.server_round == 1) & (frame.direction == "down")]
-    assert (first[first.phase == "calibration"].payload_bytes >= 4 * strategy.layout.num_params).all()
+    mask_bytes = len(codec.encode_mask(strategy.mask))
+    assert (first[first.phase == "calibration"].payload_bytes == 0).all()
+    assert (first[first.phase == "train"].payload_bytes == mask_bytes).all()
+    assert (first[first.phase == "train"].one_time_bytes == mask_bytes).all()
+    assert (down.payload_bytes < 4 * strategy.layout.num_params / 10).all()
 
 
-def test_node_that_lost_state_is_resynced() -> None:
+def _syncs(grid: LoopbackGrid) -> dict[tuple[int, int], str]:
+    """(round, node) -> sync kind of every training message delivered."""
+    return {(int(m.content[records.CONFIG]["server-round"]), m.metadata.dst_node_id): m.content[records.CONFIG]["sync"]
+            for m in grid.delivered if m.metadata.message_type == "train.fedfish"}
+
+
+def test_node_that_lost_state_is_resynced_from_version_0() -> None:
     # Prepare: partition 1 forgets everything before round 3 (a restart)
     cfg = BASE.replace(density=0.05, fault_forget_state="1@3")
     # Execute
-    strategy, grid, _, snaps = run(cfg, rounds=4)
-    # Assert: it answered need-base in round 3, got the dense base in round 4
+    strategy, grid, traffic, snaps = run(cfg, rounds=4)
+    # Assert: it answered need-base in round 3, then rebuilt version 0 and got the mask and
+    # the values under it in round 4 (no dense model), and trained
     assert strategy.round_stats[3].clients_resynced == 1
     assert strategy.round_stats[3].clients_ok == 2
-    syncs = {(int(m.content[records.CONFIG]["server-round"]), m.metadata.dst_node_id):
-             m.content[records.CONFIG]["sync"] for m in grid.delivered if m.content[records.CONFIG]["task"] != "enrol"}
+    syncs = _syncs(grid)
     assert syncs[(3, 1001)] == "delta-mask"
-    assert syncs[(4, 1001)] == "full"
-    assert syncs[(4, 1000)] == "delta-mask"
+    assert syncs[(4, 1001)] == "delta-mask" and syncs[(4, 1000)] == "delta-mask"
+    resync = traffic.to_frame().query("server_round == 4 and direction == 'down' and node_id == 1001")
+    assert int(resync.payload_bytes.sum()) == codec.HEADER_SIZE + 4 * strategy.mask.k + int(resync.one_time_bytes.sum())
     assert strategy.round_stats[4].clients_ok == 3
     mask = strategy.mask
     assert torch.equal(snaps[4][~mask.bits], snaps[1][~mask.bits])
+
+
+def test_node_first_sampled_late_gets_mask_and_values_never_the_dense_model() -> None:
+    # Prepare: 10 nodes, 2 per round: most are first sampled long after the model moved on;
+    # node 1003's machine cannot rebuild version 0 (its checkpoint path does not exist)
+    grid = LoopbackGrid(10)
+    grid.contexts[1003].node_config["initial-model"] = "/nonexistent/initial.pt"
+    cfg = BASE.replace(num_partitions=10, fraction_train=0.2, density=0.05, samples_per_client=32)
+    # Execute
+    strategy, grid, traffic, _ = run(cfg, rounds=8, grid=grid)
+    # Assert: every first contact after round 1 is the mask plus the k current values
+    frame = traffic.to_frame().query("phase == 'train'")
+    first_round = frame[frame.direction == "down"].groupby("node_id").server_round.min()
+    late = first_round[(first_round >= 3) & (first_round.index != 1003)]
+    assert len(late) >= 2
+    k, mask_bytes = strategy.mask.k, len(codec.encode_mask(strategy.mask))
+    for node, server_round in late.items():
+        sent = frame.query(f"node_id == {node} and server_round == {server_round} and direction == 'down'")
+        assert int(sent.payload_bytes.iloc[0]) == mask_bytes + codec.HEADER_SIZE + 4 * k
+    dense = 4 * strategy.layout.num_params
+    assert (frame[frame.node_id != 1003].payload_bytes < dense).all()
+    # The node that cannot rebuild version 0 (sampled in round 1 with seed 3) said so at
+    # calibration, got the dense model once (a one-time cost), trained in that very round, and
+    # later got only the values under the mask, like everyone else
+    assert strategy.holdings.no_public_base == {3}
+    assert strategy.round_stats[1].clients_resynced == 1 and strategy.round_stats[1].clients_ok == 2
+    node_down = frame.query("node_id == 1003 and direction == 'down'").sort_values("server_round")
+    assert (node_down.payload_bytes >= dense).tolist() == [True] + [False] * (len(node_down) - 1)
+    assert int(node_down.one_time_bytes.iloc[0]) == int(node_down.payload_bytes.iloc[0])
+    assert len(node_down) >= 2 and (node_down.payload_bytes.iloc[1:] == codec.HEADER_SIZE + 4 * k).all()
 
 
 def _corrupt(kind: str):
     """A ClientApp whose node 1002 sends a malformed reply of the given kind in round 2."""
 
     def handler(message: Message, context):
-        reply = client_app._handle(message, context)
+        reply = client_app.app(message, context)
         cfg = message.content[records.CONFIG]
-        if message.metadata.dst_node_id != 1002 or cfg["server-round"] != 2 or cfg["task"] != "train":
+        if message.metadata.dst_node_id != 1002 or cfg["server-round"] != 2 or message.metadata.message_type != "train.fedfish":
             return reply
         if kind == "error":
             return Message(Error(code=0, reason="client crashed"), reply_to=message)
@@ -157,7 +202,7 @@ def _corrupt(kind: str):
 
 
 def _mask_payload(context) -> bytes:
-    return context.state.config_records["fedfish-node"]["mask"]
+    return Holding.from_bytes(context.state.config_records[client_state.RECORD]["holding"]).mask
 
 
 def _reseal(payload: bytes) -> bytes:
@@ -207,9 +252,9 @@ def test_malformed_reply_is_dropped_and_model_untouched(
     [
         ({"density": 0.0}, "density"),
         ({"density": 1.5}, "density"),
-        ({"mask_source": "oracle"}, "mask_source"),
-        ({"update": "everything"}, "update"),
-        ({"value_dtype": "int8"}, "value_dtype"),
+        ({"mask_source": "oracle"}, "unknown mask source 'oracle'"),
+        ({"update": "everything"}, "unknown update rule 'everything'"),
+        ({"value_dtype": "int4"}, "value_dtype"),
         ({"fraction_train": 0.0}, "fraction_train"),
         ({"min_replies": 0}, "min_replies"),
         ({"fisher_source": "server"}, "server_scores_fn"),
@@ -236,7 +281,7 @@ def test_public_initial_model_is_never_sent_and_changes_nothing(checkpoint: str)
     cfg = BASE.replace(density=0.05, initial_model=checkpoint, fisher_source="server", server_samples=32)
     # Execute
     strategy, _, traffic, snaps = run(cfg.replace(public_initial_model=True), rounds=2)
-    _, _, sent_traffic, sent_snaps = run(cfg, rounds=2)
+    _, _, sent_traffic, sent_snaps = run(cfg.replace(public_initial_model=False), rounds=2)
     # Assert: no dense model crossed the wire; the first downlink is mask + masked values
     frame = traffic.to_frame()
     dense = 4 * strategy.layout.num_params
@@ -256,12 +301,11 @@ def test_node_without_the_public_checkpoint_gets_the_dense_base(checkpoint: str)
     # Execute
     strategy, grid, _, _ = run(cfg, rounds=3, grid=grid)
     # Assert: it said need-base once, then got the dense model, then trained
-    syncs = {(int(m.content[records.CONFIG]["server-round"]), m.metadata.dst_node_id):
-             m.content[records.CONFIG]["sync"] for m in grid.delivered if m.content[records.CONFIG]["task"] != "enrol"}
+    syncs = _syncs(grid)
     assert strategy.round_stats[1].clients_resynced == 1
     assert syncs[(1, 1001)] != "full" and syncs[(2, 1001)] == "full" and syncs[(2, 1000)] == "delta-mask"
     assert strategy.round_stats[3].clients_ok == 3
-    assert strategy.no_public_base == {1}
+    assert strategy.holdings.no_public_base == {1}
 
 
 @pytest.mark.parametrize("strategy", ["saliency", "magnitude", "random-fixed", "random-per-round", "topk-ef"])
