@@ -75,6 +75,9 @@ class RunConfig:
     holdout_fraction: float = field(default=0.0, metadata=_range(0.0, 0.9))
     # Federation
     num_server_rounds: int = field(default=5, metadata=_range(1))
+    # Early stop once the accuracy levels off (simulations.early_stop); 0 = run every round
+    stop_patience: int = field(default=0, metadata=_range(0))
+    stop_min_delta: float = field(default=0.002, metadata=_range(0.0))
     fraction_train: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
     fraction_evaluate: float = field(default=0.0, metadata=_range(0.0, 1.0))
     min_replies: int = field(default=1, metadata=_range(1))
@@ -216,7 +219,10 @@ KEY_HELP: dict[str, str] = {
     "the seeded init), digest-checked, so no dense model is sent; a client that cannot gets it densely, counted",
     "holdout-fraction": "fraction of the training set held out as a public split no client holds "
     "(`python -m simulations.pretrain` trains the fine-tuning checkpoint on it), in [0, 0.9]",
-    "num-server-rounds": "rounds",
+    "num-server-rounds": "rounds (the cap, with `stop-patience`)",
+    "stop-patience": "end the run once the mean accuracy of the last 5 rounds has not risen by `stop-min-delta` "
+    "for this many rounds (0 = run every round)",
+    "stop-min-delta": "smallest rise of the 5-round mean accuracy that counts as progress for `stop-patience`",
     "fraction-train": "fraction of connected nodes sampled per round, in (0, 1]",
     "fraction-evaluate": "fraction of nodes for client-side evaluation (0 = off; the server always evaluates)",
     "min-replies": "valid replies needed to update the model; fewer skips the round",

@@ -25,6 +25,7 @@ from fedfish.models import build_model, head_names, seeded_model
 from fedfish.partition import holdout_indices
 from simulations.checkpoint import RoundOffset, ServerState, load_checkpoint, remove_checkpoint, save_checkpoint
 from simulations.config import ConfigError, RunConfig
+from simulations.early_stop import Converged, Plateau
 from simulations.recorder import RoundRecorder
 from simulations.results import save_state_dict, write_bytes, write_json
 from strategies.fedavg import CountingFedAvg
@@ -60,7 +61,9 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
 
     After every round the server's state is checkpointed (:mod:`simulations.checkpoint`);
     with ``resume=true`` a run continues from the last complete round of the run of the
-    same name, and ends with the same model and rounds.csv as an uninterrupted run.
+    same name, and ends with the same model and rounds.csv as an uninterrupted run. With
+    ``stop-patience`` the run ends early once its accuracy has levelled off
+    (:mod:`simulations.early_stop`); ``config.json`` then names the last round.
     """
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)  # Flower's FedAvg samples nodes with the global `random`
@@ -84,26 +87,31 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
                                                      recorder.rows))
 
     write_json(run_dir / "config.json", _run_info(cfg, layout))
+    plateau = Plateau(cfg.stop_patience, cfg.stop_min_delta) if cfg.stop_patience else None
     recorder = RoundRecorder(
         build_model(cfg.model, _num_classes(cfg)), (test_x, test_y), traffic,
         strategy.round_stats, run_dir, cfg.num_server_rounds,
-        on_round=checkpoint, rows=resumed.rows if resumed is not None else None,
+        on_round=checkpoint, rows=resumed.rows if resumed is not None else None, plateau=plateau,
     )
     log(INFO, "FedFish run %r: strategy=%s, %d parameters, results in %s%s",
         cfg.run_name, cfg.strategy, layout.num_params, run_dir, f", resuming after round {done}" if done else "")
     runner = RoundOffset(strategy, done) if done else strategy
     evaluate_fn = runner.evaluate_fn(recorder) if isinstance(runner, RoundOffset) else recorder
-    if done < cfg.num_server_rounds:
-        runner.start(
-            grid=metered,
-            initial_arrays=latest[0],
-            num_rounds=cfg.num_server_rounds - done,
-            timeout=cfg.round_timeout,
-            train_config=ConfigRecord(client_config(cfg)),
-            evaluate_config=ConfigRecord(client_config(cfg)),
-            evaluate_fn=evaluate_fn,
-        )
-    _save_final(run_dir, cfg, layout, latest[0], strategy)
+    converged = plateau is not None and done > 0 and plateau.reached([float(r["accuracy"]) for r in recorder.rows])
+    if done < cfg.num_server_rounds and not converged:
+        try:
+            runner.start(
+                grid=metered,
+                initial_arrays=latest[0],
+                num_rounds=cfg.num_server_rounds - done,
+                timeout=cfg.round_timeout,
+                train_config=ConfigRecord(client_config(cfg)),
+                evaluate_config=ConfigRecord(client_config(cfg)),
+                evaluate_fn=evaluate_fn,
+            )
+        except Converged as stop:
+            log(INFO, "%s", stop)
+    _save_final(run_dir, cfg, layout, latest[0], strategy, last_round=int(recorder.rows[-1]["round"]))
     return run_dir
 
 
@@ -237,9 +245,11 @@ def _run_info(cfg: RunConfig, layout: ParamLayout) -> dict[str, object]:
     return {"config": cfg.to_mapping(), "num_params": layout.num_params, "seed": cfg.seed}
 
 
-def _save_final(run_dir: Path, cfg: RunConfig, layout: ParamLayout, arrays: ArrayRecord, strategy: Strategy) -> None:
+def _save_final(
+    run_dir: Path, cfg: RunConfig, layout: ParamLayout, arrays: ArrayRecord, strategy: Strategy, last_round: int
+) -> None:
     save_state_dict(run_dir / "model.pt", arrays.to_torch_state_dict())
-    info = _run_info(cfg, layout)
+    info = _run_info(cfg, layout) | {"last_round": last_round}
     mask = getattr(strategy, "mask", None)
     if mask is not None:
         write_bytes(run_dir / "mask.bin", codec.encode_mask(mask))

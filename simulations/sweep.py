@@ -349,7 +349,9 @@ def _check_complete(point: Point) -> str | None:
     if not rounds_csv.is_file() or not (point.run_dir / "config.json").is_file():
         return "the run wrote no rounds.csv/config.json"
     rounds = rounds_csv.read_text().strip().splitlines()[1:]
-    expected = point.config.num_server_rounds + 1
+    # A run that levelled off early (stop-patience) says where it stopped.
+    last_round = json.loads((point.run_dir / "config.json").read_text()).get("last_round")
+    expected = (last_round if point.config.stop_patience and last_round else point.config.num_server_rounds) + 1
     if len(rounds) != expected:
         return f"rounds.csv has {len(rounds)} rows, expected {expected}"
     return None

@@ -77,6 +77,27 @@ def test_committed_sweep_files_expand_to_the_documented_grids(tmp_path: Path) ->
     assert {p.config.alpha for p in readme.points} == {0.1, 0.5} and {p.config.seed for p in readme.points} == {0, 1}
 
 
+def test_the_crossdevice_sweep_runs_the_priority_points_first(tmp_path: Path) -> None:
+    # Execute
+    sweep = load_sweep(REPO / "simulations" / "sweeps" / "crossdevice.toml", tmp_path)
+    # Assert: 2 alphas x 2 scenarios x 3 seeds x 6 methods, alpha 0.5 fine-tune first, seed by seed
+    points = sweep.points
+    assert len(points) == 72
+    assert [p.name for p in points[:7]] == [
+        "alpha0.5_finetune_seed0_fedavg", "alpha0.5_finetune_seed0_fedfish-0.5pct",
+        "alpha0.5_finetune_seed0_fedfish-2pct", "alpha0.5_finetune_seed0_fedfish-2pct-int8",
+        "alpha0.5_finetune_seed0_random-fixed-2pct", "alpha0.5_finetune_seed0_topk-ef-2pct",
+        "alpha0.5_finetune_seed1_fedavg",
+    ]
+    assert [p.config.alpha for p in points[:36]] == [0.5] * 36
+    for point in points:
+        cfg = point.config
+        assert (cfg.num_partitions, cfg.fraction_train, cfg.samples_per_client, cfg.eval_samples) == (100, 0.1, 0, 0)
+        assert cfg.holdout_fraction == 0.02 and cfg.warmup_rounds == 0 and cfg.public_initial_model
+        assert cfg.stop_patience > 0 and cfg.fisher_source == "server"
+        assert bool(cfg.initial_model) == (point.tags["scenario"] == "finetune")
+
+
 def test_axes_product_order_labels_and_overrides(tmp_path: Path) -> None:
     # Execute
     sweep = parse_sweep(_grid(), tmp_path, overrides={"num-server-rounds": 7})
@@ -194,6 +215,24 @@ def test_a_point_that_writes_too_few_rounds_fails(tmp_path: Path) -> None:
 
     # Assert
     assert report.failed == [("seed0", "rounds.csv has 1 rows, expected 3")]
+
+
+def test_a_point_that_levelled_off_early_is_done_only_with_the_rows_it_names(tmp_path: Path) -> None:
+    # Prepare: stop-patience on; one run says it stopped after round 1 and wrote 2 rows, one
+    # says round 1 but wrote only round 0
+    sweep = parse_sweep(_grid(base={"num-server-rounds": 9, "stop-patience": 3}, axes={"seed": [0, 1]}), tmp_path)
+
+    def stopped(point: Point, on_line) -> None:  # noqa: ANN001
+        rows = [0, 1] if point.name == "seed0" else [0]
+        pd.DataFrame({"round": rows}).to_csv(point.run_dir / "rounds.csv", index=False)
+        (point.run_dir / "config.json").write_text('{"last_round": 1}')
+
+    # Execute
+    report = run_sweep(sweep, stopped, progress=False)
+
+    # Assert
+    assert report.done == ["seed0"]
+    assert report.failed == [("seed1", "rounds.csv has 1 rows, expected 2")]
 
 
 def test_point_subprocess_streams_round_lines_logs_output_and_reports_exit_status(
