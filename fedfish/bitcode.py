@@ -7,23 +7,25 @@ Two codes, both vectorized over entries (loops run over bit or byte positions on
 - **Run-length Rice** (:func:`encode_runs`, :func:`decode_runs`): a bool vector as alternating
   runs of zeros and ones, each run length Golomb-Rice coded with a parameter chosen per
   block of :data:`RUN_BLOCK` runs. A FISH mask is clustered (whole heads and most of the
-  first conv kept, a thin scatter elsewhere), so locally chosen parameters get below the
-  order-0 entropy ``H(k/P) * P`` the issue names as the bar: 29.7 KB for a 5% Fisher mask
-  of the FedAvg CNN, where the bitmap takes 208 KB and varint gaps 85 KB.
+  first conv kept, a thin scatter elsewhere), so locally chosen parameters get well below
+  the order-0 entropy ``H(k/P) * P`` of a uniform mask: 28.7 KB for a 5% Fisher mask of the
+  FedAvg CNN (59.5 KB), where the bitmap takes 208 KB and varint gaps 85 KB.
 
-Run-length body (all bit fields LSB-first within bytes, each section starts on a byte):
+Run-length body: a LEB128 varint, the number of runs ``R`` (the first, a zero run, may be
+empty), then two Rice streams, the zero runs and the one runs (their lengths follow very
+different laws: long gaps, short clusters). A stream of ``n`` values is three sections,
+each starting on a byte, bit fields LSB-first within bytes:
 
 ==========  =====================================================================
 section     content
 ==========  =====================================================================
-count       LEB128 varint: number of runs ``R`` (the first, a zero run, may be empty)
-params      6 bits per block of ``RUN_BLOCK`` coded values: that block's Rice parameter
+params      6 bits per block of ``RUN_BLOCK`` values: that block's Rice parameter ``b``
 unary       for each value ``v``: ``v >> b`` one-bits, then a zero-bit
 remainders  for each value: its low ``b`` bits
 ==========  =====================================================================
 
-The coded values are the runs in order, less one for every run but the first (every run
-after the first is at least 1 long). Every decode failure raises :class:`BitcodeError`.
+A coded value is its run's length, less one for every run but the first (every run after
+the first is at least 1 long). Every decode failure raises :class:`BitcodeError`.
 """
 
 from __future__ import annotations
@@ -133,20 +135,8 @@ def encode_runs(bits: np.ndarray) -> np.ndarray:
     runs = runs_of(np.asarray(bits, dtype=bool))
     values = runs.copy()
     values[1:] -= 1
-    params = _best_params(values)
-    per_value = np.repeat(params, RUN_BLOCK)[: values.size]
-    quotients = values >> per_value
-    # Unary: each value's quotient in ones, then one zero.
-    unary = np.ones(int(quotients.sum()) + values.size, dtype=np.uint8)
-    unary[np.cumsum(quotients + 1) - 1] = 0
-    remainders = _pack_fixed(values & ((np.int64(1) << per_value) - 1), per_value)
-    sections = (
-        varint_encode(np.array([values.size], dtype=np.int64)),
-        _pack_fixed(params.astype(np.int64), np.full(params.size, _PARAM_BITS)),
-        np.packbits(unary, bitorder="little"),
-        remainders,
-    )
-    return np.concatenate(sections)
+    count = varint_encode(np.array([values.size], dtype=np.int64))
+    return np.concatenate([count, _encode_rice(values[0::2]), _encode_rice(values[1::2])])
 
 
 def decode_runs(body: np.ndarray, num_params: int) -> np.ndarray:
@@ -158,49 +148,76 @@ def decode_runs(body: np.ndarray, num_params: int) -> np.ndarray:
         If the body is truncated, has trailing or non-zero padding bits, or its runs do not
         add up to ``num_params``.
     """
-    head_end = int(np.argmax(body < 0x80)) + 1 if (body < 0x80).any() else 0
-    if head_end == 0:
+    ends = np.flatnonzero(body < 0x80)
+    if ends.size == 0:
         raise BitcodeError("run-length body: missing run count")
+    head_end = int(ends[0]) + 1
     count = int(_decode_varints(body[:head_end], 1)[0])
     if not 1 <= count <= num_params + 1:
         raise BitcodeError(f"run-length body: {count} runs for {num_params} entries")
-    num_blocks = -(-count // RUN_BLOCK)
-    params_end = head_end + -(-num_blocks * _PARAM_BITS // 8)
-    if params_end > body.size:
-        raise BitcodeError("run-length body: truncated in the Rice parameters")
-    params = _unpack_fixed(body[head_end:params_end], np.full(num_blocks, _PARAM_BITS))
-    per_value = np.repeat(params, RUN_BLOCK)[:count]
-    rest = np.unpackbits(body[params_end:], bitorder="little")
-    zeros = np.flatnonzero(rest == 0)
-    if zeros.size < count:
-        raise BitcodeError("run-length body: truncated in the unary codes")
-    unary_end = int(zeros[count - 1]) + 1
-    if rest[unary_end : -(-unary_end // 8) * 8].any():
-        raise BitcodeError("run-length body: non-zero padding after the unary codes")
-    quotients = np.diff(np.concatenate(([-1], zeros[:count]))) - 1
-    # A value above num_params cannot be a run; checked before shifting so nothing overflows.
-    if (quotients > (num_params >> per_value)).any():
-        raise BitcodeError("run-length body: a run is longer than the vector")
-    remainder_start = params_end + -(-unary_end // 8)
-    remainder_bytes = -(-int(per_value.sum()) // 8)
-    if body.size != remainder_start + remainder_bytes:
-        raise BitcodeError(
-            f"run-length body: expected {remainder_start + remainder_bytes} bytes, got {body.size}"
-        )
-    remainders = _unpack_fixed(body[remainder_start:], per_value)
-    runs = (quotients << per_value) | remainders
+    zeros, offset = _decode_rice(body, head_end, (count + 1) // 2, num_params)
+    ones, offset = _decode_rice(body, offset, count // 2, num_params)
+    if offset != body.size:
+        raise BitcodeError(f"run-length body: expected {offset} bytes, got {body.size}")
+    runs = np.empty(count, dtype=np.int64)
+    runs[0::2], runs[1::2] = zeros, ones
     runs[1:] += 1
     if int(runs.sum()) != num_params:
         raise BitcodeError(f"run-length body: runs cover {int(runs.sum())} entries, expected {num_params}")
     return np.repeat(np.arange(count) % 2 == 1, runs)
 
 
+def _encode_rice(values: np.ndarray) -> np.ndarray:
+    """One Rice stream: a parameter per block of RUN_BLOCK values, unary parts, remainders."""
+    params = _best_params(values)
+    per_value = np.repeat(params, RUN_BLOCK)[: values.size]
+    quotients = values >> per_value
+    # Unary: each value's quotient in ones, then one zero.
+    unary = np.ones(int(quotients.sum()) + values.size, dtype=np.uint8)
+    unary[np.cumsum(quotients + 1) - 1] = 0
+    return np.concatenate([
+        _pack_fixed(params, np.full(params.size, _PARAM_BITS)),
+        np.packbits(unary, bitorder="little"),
+        _pack_fixed(values & ((np.int64(1) << per_value) - 1), per_value),
+    ])
+
+
+def _decode_rice(body: np.ndarray, offset: int, count: int, bound: int) -> tuple[np.ndarray, int]:
+    """``count`` values (each <= ``bound``) of the Rice stream at ``body[offset:]``; returns
+    them and the offset just past the stream."""
+    num_blocks = -(-count // RUN_BLOCK)
+    params_end = offset + -(-num_blocks * _PARAM_BITS // 8)
+    if params_end > body.size:
+        raise BitcodeError("run-length body: truncated in the Rice parameters")
+    params = _unpack_fixed(body[offset:params_end], np.full(num_blocks, _PARAM_BITS))
+    per_value = np.repeat(params, RUN_BLOCK)[:count]
+    rest = np.unpackbits(body[params_end:], bitorder="little")
+    zeros = np.flatnonzero(rest == 0)[:count]
+    if zeros.size < count:
+        raise BitcodeError("run-length body: truncated in the unary codes")
+    unary_end = int(zeros[-1]) + 1 if count else 0
+    if rest[unary_end : -(-unary_end // 8) * 8].any():
+        raise BitcodeError("run-length body: non-zero padding after the unary codes")
+    quotients = np.diff(np.concatenate(([-1], zeros))) - 1
+    # A value above the bound cannot be a run; checked before shifting so nothing overflows.
+    if (quotients > (bound >> per_value)).any():
+        raise BitcodeError("run-length body: a run is longer than the vector")
+    remainder_start = params_end + -(-unary_end // 8)
+    remainder_end = remainder_start + -(-int(per_value.sum()) // 8)
+    if remainder_end > body.size:
+        raise BitcodeError("run-length body: truncated in the Rice remainders")
+    remainders = _unpack_fixed(body[remainder_start:remainder_end], per_value)
+    return (quotients << per_value) | remainders, remainder_end
+
+
 def _best_params(values: np.ndarray) -> np.ndarray:
     """Per block of RUN_BLOCK values, the Rice parameter b minimising sum((v >> b) + 1 + b)."""
+    if values.size == 0:
+        return np.zeros(0, dtype=np.int64)
     starts = np.arange(0, values.size, RUN_BLOCK)
     sizes = np.diff(np.append(starts, values.size))
-    top = int(values.max()).bit_length() if values.size else 0
-    costs = np.stack([np.add.reduceat(values >> b, starts) + sizes * (1 + b) for b in range(min(top, _MAX_PARAM) + 1)])
+    top = min(int(values.max()).bit_length(), _MAX_PARAM)
+    costs = np.stack([np.add.reduceat(values >> b, starts) + sizes * (1 + b) for b in range(top + 1)])
     return np.argmin(costs, axis=0).astype(np.int64)
 
 

@@ -86,8 +86,6 @@ def reference_runs_body(bits: list[bool]) -> bytes:
             current, length = bit, 1
     runs.append(length)
     values = [runs[0]] + [r - 1 for r in runs[1:]]
-    blocks = [values[i : i + 32] for i in range(0, len(values), 32)]
-    params = [min(range(64), key=lambda b: (sum((v >> b) + 1 + b for v in block), b)) for block in blocks]
 
     def packed(bit_list: list[int]) -> bytes:
         out = bytearray((len(bit_list) + 7) // 8)
@@ -95,13 +93,18 @@ def reference_runs_body(bits: list[bool]) -> bytes:
             out[i // 8] |= bit << (i % 8)
         return bytes(out)
 
-    param_bits = [(p >> j) & 1 for p in params for j in range(6)]
-    unary, remainder = [], []
-    for i, v in enumerate(values):
-        b = params[i // 32]
-        unary += [1] * (v >> b) + [0]
-        remainder += [(v >> j) & 1 for j in range(b)]
-    return leb128([len(values)]) + packed(param_bits) + packed(unary) + packed(remainder)
+    def stream(stream_values: list[int]) -> bytes:
+        blocks = [stream_values[i : i + 32] for i in range(0, len(stream_values), 32)]
+        params = [min(range(64), key=lambda b: (sum((v >> b) + 1 + b for v in block), b)) for block in blocks]
+        param_bits = [(p >> j) & 1 for p in params for j in range(6)]
+        unary, remainder = [], []
+        for i, v in enumerate(stream_values):
+            b = params[i // 32]
+            unary += [1] * (v >> b) + [0]
+            remainder += [(v >> j) & 1 for j in range(b)]
+        return packed(param_bits) + packed(unary) + packed(remainder)
+
+    return leb128([len(values)]) + stream(values[0::2]) + stream(values[1::2])
 
 
 def torch_cast(values: torch.Tensor, dtype: str) -> torch.Tensor:
@@ -261,9 +264,9 @@ def test_runs_form_of_a_fish_mask_is_below_the_order0_entropy() -> None:
 
 
 @pytest.mark.parametrize(
-    ("density", "expected_kind"), [(0.01, "mask_delta"), (0.5, "mask_bitmap")]
+    ("density", "expected_kind"), [(0.01, "mask_runs"), (0.5, "mask_bitmap")]
 )
-def test_mask_auto_uses_delta_for_uniform_sparse_and_bitmap_for_dense_masks(density: float, expected_kind: str) -> None:
+def test_mask_auto_uses_runs_for_sparse_and_bitmap_for_dense_masks(density: float, expected_kind: str) -> None:
     # Prepare
     mask = random_mask(10_000, density, seed=1, version=7)
     # Execute
