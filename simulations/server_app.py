@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import random
+import secrets
 from logging import INFO, WARNING
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     (:mod:`simulations.early_stop`); ``config.json`` then names the last round.
     """
     torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)  # Flower's FedAvg samples nodes with the global `random`
+    random.seed(cfg.seed)  # for whatever draws from the global RNGs (user strategies, say)
     model = initial_model(cfg)
     layout = ParamLayout.of(model)
     run_dir = Path(cfg.results_dir) / cfg.run_name
@@ -161,6 +162,9 @@ def build_strategy(cfg: RunConfig, model: torch.nn.Module, *, max_examples: int)
             min_replies=cfg.min_replies,
             max_examples=max_examples,
             max_update_norm=cfg.max_update_norm or None,
+            seed=cfg.seed,
+            enrol_config={"run-name": cfg.run_name, "run-token": secrets.token_hex(16), "client-state-dir": ""},
+            round_timeout=cfg.round_timeout,
             fraction_train=cfg.fraction_train,
             fraction_evaluate=cfg.fraction_evaluate,
             min_train_nodes=1,

@@ -5,11 +5,12 @@ subclass only (1) passes replies through :func:`strategies.replies.check_array_r
 (keys, shapes, dtypes, finite values, num-examples bound, optional update-norm bound),
 (2) hands FedAvg the valid replies in partition order, so that the float sums are the
 same in every run whatever the random node ids, (3) skips a round with fewer than
-``min_replies`` valid replies, leaving the model unchanged, and (4) records a
-:class:`RoundStats` per round so ``rounds.csv`` has the same columns for every strategy.
+``min_replies`` valid replies, leaving the model unchanged, (4) records a
+:class:`RoundStats` per round so ``rounds.csv`` has the same columns for every strategy,
+and (5) samples nodes as FedFish does (:class:`strategies.holdings.NodeHoldings`: enrolled
+partitions, a seeded RNG), so a run is reproducible whatever the random node ids and, for
+the same seed, trains the same clients in each round as FedFish does: a paired comparison.
 Its bytes are measured like everyone's, by :class:`strategies.metering.MeteredGrid`.
-Node sampling is Flower's (Python's global ``random``, seeded and checkpointed by the
-ServerApp).
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from logging import WARNING
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from strategies.stats import RoundStats
+from strategies import records
+from strategies.holdings import NodeHoldings, wait_for_nodes
 from strategies.replies import check_array_replies
+from strategies.stats import RoundStats
 
 
 class CountingFedAvg(FedAvg):
@@ -37,16 +40,25 @@ class CountingFedAvg(FedAvg):
         Largest credible ``num-examples`` in a reply.
     max_update_norm : float | None (default: None)
         Bound on the L2 norm of (reply model - global model); None = no bound.
+    seed : int (default: 0)
+        Seed of node sampling.
+    enrol_config : dict[str, int | float | str | bool] | None (default: None)
+        Keys the ``query.enrol`` message carries (run name and token).
+    round_timeout : float (default: 3600)
+        Seconds to wait for enrolment replies.
     **kwargs
         Flower's FedAvg arguments.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword configuration, like Flower's
         self,
         *,
         min_replies: int = 1,
         max_examples: int | None = None,
         max_update_norm: float | None = None,
+        seed: int = 0,
+        enrol_config: dict[str, int | float | str | bool] | None = None,
+        round_timeout: float = 3600.0,
         **kwargs: object,
     ) -> None:
         if min_replies < 1:
@@ -59,13 +71,23 @@ class CountingFedAvg(FedAvg):
         self.max_update_norm = max_update_norm
         self.round_stats: dict[int, RoundStats] = {}
         self._global: ArrayRecord | None = None
+        self.holdings = NodeHoldings(public_base=False, seed=seed)
+        self.enrol_config = dict(enrol_config or {})
+        self.round_timeout = round_timeout
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Remember the round's global model (the reference of every reply), then FedAvg's."""
+        """Remember the round's global model (the reference of every reply); FedAvg's messages
+        to the nodes sampled as FedFish samples them."""
         self._global = arrays
-        return super().configure_train(server_round, arrays, config, grid)
+        return self._messages(server_round, arrays, config, grid, self.fraction_train, MessageType.TRAIN)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's evaluation messages, to nodes sampled as for training."""
+        return self._messages(server_round, arrays, config, grid, self.fraction_evaluate, MessageType.EVALUATE)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -88,3 +110,26 @@ class CountingFedAvg(FedAvg):
             stats.skipped = True
             return None, batch.metrics()
         return super().aggregate_train(server_round, valid)
+
+    def state_dict(self) -> dict[str, object]:
+        """Node map and sampling RNG, for checkpoints."""
+        return {"holdings": self.holdings.state_dict()}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self.holdings.load_state_dict(state["holdings"])  # type: ignore[arg-type]
+
+    def _messages(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid, fraction: float, kind: str
+    ) -> Iterable[Message]:
+        if fraction == 0.0:
+            return []
+        nodes = wait_for_nodes(grid, self.min_available_nodes)
+        enrol = self.enrol_config | {"server-round": server_round, "phase": "enrol"}
+        self.holdings.enrol(grid, nodes, lambda: records.downlink(enrol, {}), current_model=0, current_mask=-1,
+                            timeout=self.round_timeout)
+        sampled = self.holdings.sample(nodes, fraction)
+        # A copy: the caller's ConfigRecord is shared by every round.
+        config = ConfigRecord(dict(config) | {"server-round": server_round})
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, sampled, kind)

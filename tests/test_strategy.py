@@ -320,3 +320,28 @@ def test_every_sparse_baseline_runs_through_the_same_harness(strategy: str) -> N
     assert not torch.equal(snaps[2], snaps[1])
     up = traffic.to_frame().query("server_round == 2 and direction == 'up'")
     assert (up.payload_bytes < 0.1 * 4 * strategy_obj.layout.num_params).all()
+
+
+def test_fedavg_and_fedfish_train_the_same_clients_each_round_for_a_seed() -> None:
+    # Prepare: 10 nodes, 3 sampled per round, node ids differing between the runs
+    cfg = BASE.replace(num_partitions=10, fraction_train=0.3, samples_per_client=16, density=0.05)
+
+    def sampled(strategy: str, offset: int) -> list[list[int]]:
+        grid = LoopbackGrid(10)
+        grid.contexts = {node + offset: context for node, context in grid.contexts.items()}
+        _, grid, _, _ = run(cfg.replace(strategy=strategy), rounds=3, grid=grid)
+        partition = {node: int(c.node_config["partition-id"]) for node, c in grid.contexts.items()}
+        rounds: dict[int, list[int]] = {}
+        for m in grid.delivered:
+            if m.metadata.message_type in ("train", "train.fedfish"):
+                records_name = records.CONFIG if m.metadata.message_type == "train.fedfish" else "config"
+                server_round = int(m.content.config_records[records_name]["server-round"])
+                rounds.setdefault(server_round, []).append(partition[m.metadata.dst_node_id])
+        return [sorted(rounds[r]) for r in sorted(rounds)]
+
+    # Execute
+    fedavg, fedfish, fedavg_again = sampled("fedavg", 0), sampled("fedfish", 0), sampled("fedavg", 77)
+    # Assert: a paired comparison, reproducible whatever the node ids
+    assert len(fedavg) == 3 and all(len(r) == 3 for r in fedavg)
+    assert fedavg == fedfish == fedavg_again
+    assert len({tuple(r) for r in fedavg}) > 1
