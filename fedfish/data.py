@@ -21,6 +21,7 @@ import math
 import os
 import pickle
 import sys
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,20 +204,52 @@ def load_partition(
     return _to_tensors(dataset, images[index], labels[index])
 
 
+def partition_sizes(
+    dataset: str,
+    num_partitions: int,
+    partitioner: str,
+    *,
+    seed: int = 0,
+    root: str | Path | None = None,
+    split: str = "train",
+    holdout_fraction: float = 0.0,
+    **partitioner_kwargs: Any,
+) -> tuple[int, ...]:
+    """Examples in each partition of ``load_partition`` (same arguments, same cached run).
+
+    Decodes the split and partitions its labels, but converts no image.
+    """
+    if num_partitions < 1:
+        raise ValueError(f"num_partitions must be >= 1, got {num_partitions}")
+    directory = str(_split_dir(dataset, split, root, allow_download=False))
+    kwargs = tuple(sorted(partitioner_kwargs.items()))
+    parts = _cached_partitions(
+        dataset, split, directory, num_partitions, partitioner, seed, kwargs, holdout_fraction
+    )
+    return tuple(len(part) for part in parts)
+
+
 def _split_dir(dataset: str, split: str, root: str | Path | None, allow_download: bool) -> Path:
     """Validated ``dataset``/``split``; the directory holding the dataset's files."""
     _check_dataset(dataset)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     try:
-        return _locate(dataset, root)
+        return locate(dataset, root)
     except FileNotFoundError:
         if not allow_download:
             raise
         return download(dataset, root)
 
 
-def _locate(dataset: str, root: str | Path | None) -> Path:
+def locate(dataset: str, root: str | Path | None = None) -> Path:
+    """Directory the loaders read ``dataset`` from, searched as in ``load_images``.
+
+    Raises
+    ------
+    FileNotFoundError
+        Listing every place searched.
+    """
     _check_dataset(dataset)
     return locate_fashion_mnist(root) if dataset == "fashion-mnist" else _locate_cifar10(root)
 
@@ -300,8 +333,11 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     ``ndim`` big-endian uint32 sizes; the body must be exactly their product.
     """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:  # gzip names no file
+        raise ValueError(f"{path}: truncated or corrupt gzip file ({err})") from err
     if len(raw) < 4 or raw[:4] != bytes((0, 0, _IDX_UBYTE, ndim)):
         raise ValueError(
             f"{path}: bad IDX header {raw[:4].hex()}, expected 0000{_IDX_UBYTE:02x}{ndim:02x} "
@@ -402,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "locate":
-            path = _locate(args.dataset, args.root)
+            path = locate(args.dataset, args.root)
         else:
             path = download(args.dataset, args.root)
     except (OSError, RuntimeError) as err:  # not found, or torchvision's failed download

@@ -35,7 +35,7 @@ MAGIC = b"FFST"
 FORMAT = 1
 _DIGEST_BYTES = 32
 # Sections in file order; "positions" is absent when the overridden entries are the mask's.
-_SECTIONS = ("mask", "positions", "values", "dense", "memory")
+_SECTIONS = ("mask", "positions", "values", "dense", "memory", "buffers")
 
 
 class HoldingError(ValueError):
@@ -68,6 +68,9 @@ class Holding:
         Error-feedback memory: fp32 ``(k,)`` in mask order, or ``(P,)`` for top-k.
     memory_mask_version : int
         Mask version the memory is aligned with (-1 for a dense memory).
+    buffers : torch.Tensor | None
+        The node's own buffers (BatchNorm statistics, ``fedfish.layout.flatten_buffers``)
+        when they stay local (FedBN); None when the server sends the global ones.
     """
 
     run_token: str = ""
@@ -79,6 +82,7 @@ class Holding:
     mask_version: int = -1
     memory: torch.Tensor | None = None
     memory_mask_version: int = -1
+    buffers: torch.Tensor | None = None
     _mask_cache: Mask | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -167,6 +171,8 @@ class Holding:
                 sections["values"] = codec.encode_dense(self.values)
         if self.memory is not None:
             sections["memory"] = codec.encode_dense(self.memory)
+        if self.buffers is not None:
+            sections["buffers"] = codec.encode_dense(self.buffers)
         header = {
             "run-token": self.run_token,
             "model-version": self.model_version,
@@ -234,8 +240,9 @@ class Holding:
             else:
                 out.positions = codec.decode_mask(sections["positions"]).bits
             out.values = codec.decode_dense(sections["values"], int(out.positions.sum()))
-        if "memory" in sections:
-            out.memory = codec.decode_dense(sections["memory"], codec.parse_header(sections["memory"]).count)
+        for name in ("memory", "buffers"):
+            if name in sections:
+                setattr(out, name, codec.decode_dense(sections[name], codec.parse_header(sections[name]).count))
         if out.holds_model != (out.values is not None):
             raise HoldingError("client state: model version and stored values disagree")
         return out

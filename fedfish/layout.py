@@ -103,6 +103,37 @@ def load_flat_params(model: nn.Module, flat: torch.Tensor) -> None:
             p.copy_(chunk.to(device=p.device, dtype=p.dtype))
 
 
+def buffer_names(model: nn.Module) -> tuple[str, ...]:
+    """Names of the model's persistent buffers (BatchNorm running statistics and counters),
+    in ``state_dict`` order: the part of a model's state that is not a parameter."""
+    parameters = {name for name, _ in model.named_parameters()}
+    return tuple(name for name in model.state_dict() if name not in parameters)
+
+
+def flatten_buffers(model: nn.Module) -> torch.Tensor:
+    """All persistent buffers as one fp32 CPU vector (integer counters included), in
+    :func:`buffer_names` order; empty for a model without buffers."""
+    state = model.state_dict()
+    names = buffer_names(model)
+    if not names:
+        return torch.zeros(0)
+    return torch.cat([state[name].detach().reshape(-1).float().cpu() for name in names])
+
+
+def load_flat_buffers(model: nn.Module, flat: torch.Tensor) -> None:
+    """Write a :func:`flatten_buffers` vector back; integer buffers are rounded."""
+    state = model.state_dict()
+    names = buffer_names(model)
+    sizes = [state[name].numel() for name in names]
+    if flat.dim() != 1 or flat.numel() != sum(sizes):
+        raise ValueError(f"load_flat_buffers: expected {sum(sizes)} entries, got shape {tuple(flat.shape)}")
+    with torch.no_grad():
+        for name, chunk in zip(names, torch.split(flat, sizes), strict=True):
+            target = state[name]
+            value = chunk.round() if not target.is_floating_point() else chunk
+            target.copy_(value.reshape(target.shape).to(device=target.device, dtype=target.dtype))
+
+
 def params_digest(flat: torch.Tensor) -> str:
     """16 hex chars of the sha256 of a flat parameter vector's fp32 bytes: names a model."""
     data = flat.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes()

@@ -24,6 +24,7 @@ from torch import nn
 
 from fedfish.fisher import diagonal_fisher
 from fedfish.masks import magnitude_scores, model_saliency
+from fedfish.plugins import resolve
 
 SourceKind = Literal["data", "model", "seed"]
 
@@ -130,10 +131,14 @@ def register_mask_source(source: MaskSource) -> MaskSource:
 
 
 def mask_source(name: str) -> MaskSource:
-    """The registered source ``name`` (ValueError listing the known ones otherwise)."""
-    if name not in MASK_SOURCES:
-        raise ValueError(f"unknown mask source {name!r}; known: {sorted(MASK_SOURCES)}")
-    return MASK_SOURCES[name]
+    """The source registered as ``name``, or the one ``"package.module:attribute"`` names (a
+    class is instantiated); ValueError naming what is wrong otherwise."""
+    found = resolve(name, MASK_SOURCES, "mask source")
+    source = found() if isinstance(found, type) else found
+    missing = [a for a in ("name", "kind", "per_round", "scores") if not hasattr(source, a)]
+    if missing or source.kind not in ("data", "model", "seed"):  # type: ignore[union-attr]
+        raise ValueError(f"mask source {name!r} is not a MaskSource (missing {missing} or bad kind)")
+    return source  # type: ignore[return-value]
 
 
 def _need_data(data: tuple[torch.Tensor, torch.Tensor] | None, who: str) -> tuple[torch.Tensor, torch.Tensor]:

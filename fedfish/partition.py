@@ -4,19 +4,32 @@ Partitions come from flwr-datasets partitioners (IID, Dirichlet(alpha), k classe
 client, shards) applied to an in-memory ``datasets.Dataset`` of labels only, so they
 are cheap and deterministic by seed. A fixed slice of the split can be held out as a
 public split that no partition holds (fine-tuning checkpoints are trained on it).
+``make_partitioner`` builds any flwr-datasets row partitioner by short name or class
+name (``fedfish.datasource`` partitions users' datasets with it).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner import Partitioner
+
 PARTITIONERS: tuple[str, ...] = ("iid", "dirichlet", "pathological", "shard")
+# The flwr-datasets class behind each short name.
+PARTITIONER_CLASSES: dict[str, str] = {
+    "iid": "IidPartitioner",
+    "dirichlet": "DirichletPartitioner",
+    "pathological": "PathologicalPartitioner",
+    "shard": "ShardPartitioner",
+}
 # Seed of the public held-out split: fixed, so it is the same for every run seed.
 HOLDOUT_SEED = 20210611
 
@@ -135,17 +148,9 @@ def _run_partitioner(
 ) -> list[np.ndarray]:
     """Sorted index arrays from one flwr-datasets partitioner run on a seeded row permutation."""
     from datasets import Dataset  # noqa: PLC0415
-    from flwr_datasets import partitioner as fp  # noqa: PLC0415  (3 s import; only this needs it)
 
-    if partitioner == "iid":
-        part: fp.Partitioner = fp.IidPartitioner(num_partitions)  # no seed: `perm` randomises it
-    else:
-        cls = {
-            "dirichlet": fp.DirichletPartitioner,
-            "pathological": fp.PathologicalPartitioner,
-            "shard": fp.ShardPartitioner,
-        }[partitioner]
-        part = cls(num_partitions, partition_by="label", seed=seed, **options)
+    # IidPartitioner takes no seed: `perm` randomises it.
+    part = make_partitioner(partitioner, num_partitions, partition_by="label", seed=seed, **options)
     perm = np.random.default_rng(seed).permutation(labels.shape[0])
     part.dataset = Dataset.from_dict({"label": labels[perm], "idx": perm})
     with warnings.catch_warnings():
@@ -157,6 +162,89 @@ def _run_partitioner(
             np.sort(np.asarray(part.load_partition(i)["idx"], dtype=np.int64))
             for i in range(num_partitions)
         ]
+
+
+def partitioner_names() -> tuple[str, ...]:
+    """Every name ``make_partitioner`` accepts.
+
+    The short names (``PARTITIONERS``), then the class names of flwr-datasets'
+    row partitioners: every concrete ``Partitioner`` subclass it exports except
+    the vertical ones, which split columns rather than rows.
+    """
+    from flwr_datasets import partitioner as fp  # noqa: PLC0415  (3 s import; only this needs it)
+
+    classes = [
+        name for name in fp.__all__
+        if inspect.isclass(cls := getattr(fp, name)) and issubclass(cls, fp.Partitioner)
+        and not inspect.isabstract(cls) and not name.startswith("Vertical")
+    ]
+    return PARTITIONERS + tuple(sorted(classes))
+
+
+def partitioner_class(name: str) -> type[Partitioner]:
+    """The flwr-datasets class of a short name (``"dirichlet"``) or a class name.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not in ``partitioner_names()``; the message lists them.
+    """
+    from flwr_datasets import partitioner as fp  # noqa: PLC0415
+
+    known = partitioner_names()
+    if name not in known:
+        raise ValueError(f"unknown partitioner {name!r}; known: {', '.join(known)}")
+    cls: type[Partitioner] = getattr(fp, PARTITIONER_CLASSES.get(name, name))
+    return cls
+
+
+def make_partitioner(
+    name: str, num_partitions: int, *, partition_by: str = "label", seed: int = 0, **options: Any
+) -> Partitioner:
+    """A flwr-datasets partitioner, by short name or class name, not yet given a dataset.
+
+    ``num_partitions``, ``partition_by`` and ``seed`` are passed only to classes
+    whose constructor takes them (``NaturalIdPartitioner`` takes no
+    ``num_partitions``: its ids decide the count; ``IidPartitioner`` takes no
+    seed); ``options`` are passed as they are and win over those three.
+
+    Parameters
+    ----------
+    name : str
+        One of ``partitioner_names()``.
+    num_partitions : int
+        Number of partitions, for classes that take it.
+    partition_by : str, default "label"
+        Column the partitioner reads (labels, or natural ids), for classes that take it.
+    seed : int, default 0
+        For classes that take it.
+    **options : Any
+        Other constructor arguments, by their flwr-datasets names
+        (``alpha``, ``num_classes_per_partition``, ``min_partition_size``, ...).
+
+    Raises
+    ------
+    ValueError
+        Unknown ``name``; an argument the class does not take (naming the ones it
+        does); or the constructor's own rejection, relayed.
+    """
+    cls = partitioner_class(name)
+    params = inspect.signature(cls).parameters
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise ValueError(
+            f"{cls.__name__} takes no argument {', '.join(unknown)}; it takes: {', '.join(params)}"
+        )
+    defaults = {"num_partitions": num_partitions, "partition_by": partition_by, "seed": seed}
+    kwargs = {key: value for key, value in defaults.items() if key in params} | options
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{cls.__name__}({_call_args(kwargs)}): {err}") from err
+
+
+def _call_args(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value!r}" for key, value in kwargs.items())
 
 
 def _top_up(parts: list[np.ndarray], min_size: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -18,16 +18,18 @@ class CifarResNet18(ResNet):
     ----------
     num_classes : int, default 10
         Number of output logits.
+    in_channels : int, default 3
+        Channels of the input images.
     """
 
     head_names: tuple[str, ...] = ("fc.weight", "fc.bias")
 
-    def __init__(self, num_classes: int = 10) -> None:
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        if num_classes < 1 or in_channels < 1:
+            raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}")
         super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
         # Reassigning keeps conv1's place in named_parameters(), hence in ParamLayout.
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         # Same initialisation ResNet.__init__ gave the conv it replaces.
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.maxpool = nn.Identity()

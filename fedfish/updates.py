@@ -27,6 +27,7 @@ import torch
 from fedfish import codec
 from fedfish.holding import Holding
 from fedfish.masks import Mask, k_for_density
+from fedfish.plugins import resolve
 
 
 @dataclass(frozen=True)
@@ -167,10 +168,14 @@ def register_update_rule(rule: UpdateRule) -> UpdateRule:
 
 
 def update_rule(name: str) -> UpdateRule:
-    """The registered rule ``name`` (ValueError listing the known ones otherwise)."""
-    if name not in UPDATE_RULES:
-        raise ValueError(f"unknown update rule {name!r}; known: {sorted(UPDATE_RULES)}")
-    return UPDATE_RULES[name]
+    """The rule registered as ``name``, or the one ``"package.module:attribute"`` names (a class
+    is instantiated); ValueError naming what is wrong otherwise."""
+    found = resolve(name, UPDATE_RULES, "update rule")
+    rule = found() if isinstance(found, type) else found
+    missing = [a for a in ("name", "trains_under_mask", "encode", "decode") if not hasattr(rule, a)]
+    if missing:
+        raise ValueError(f"update rule {name!r} is not an UpdateRule (missing {missing})")
+    return rule  # type: ignore[return-value]
 
 
 def _need_mask(mask: Mask | None, who: str) -> Mask:

@@ -29,20 +29,30 @@ from flwr.clientapp import ClientApp
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedfish import codec
-from fedfish.data import load_partition
+from fedfish.dataconfig import DataConfig
+from fedfish.datasource import load_partition
 from fedfish.holding import Holding
-from fedfish.layout import flatten_params, load_flat_params
+from fedfish.layout import flatten_buffers, flatten_params, load_flat_buffers, load_flat_params
 from fedfish.mask_sources import ScoreSettings, mask_source
 from fedfish.masks import Mask, k_for_density
 from fedfish.models import default_device
 from fedfish.training import TrainConfig, evaluate, masked_train
 from fedfish.updates import EncodeSettings, update_rule
 from simulations import client_state
-from simulations.client_sync import NeedBase, model_for, model_size, round_mask, sync_model, version0
+from simulations.client_sync import (
+    NeedBase,
+    model_buffers,
+    model_for,
+    model_size,
+    round_mask,
+    sync_model,
+    version0,
+)
 from simulations.config import parse_forget_state
 from strategies import records
 
 app = ClientApp()
+_FEDAVG_BUFFERS = "fedavg-buffers"  # ConfigRecord {"buffers": bytes}: FedBN with Flower's FedAvg
 
 
 @app.query("enrol")
@@ -89,8 +99,12 @@ def train(msg: Message, context: Context) -> Message:
         error_feedback=bool(cfg.get("error-feedback", False)),
         generator=torch.Generator().manual_seed(seed + 1),  # int8 rounding noise, reproducible
     )
-    payload = rule.encode(flatten_params(model) - base, mask, node.holding, settings)
-    return node.reply({"num-examples": result.num_examples, "train-loss": result.mean_loss}, {"update": payload})
+    payloads = {"update": rule.encode(flatten_params(model) - base, mask, node.holding, settings)}
+    if str(cfg.get("buffers", "aggregate")) == "local":
+        node.holding.buffers = flatten_buffers(model)  # FedBN: the statistics stay on the node
+    elif "buffers" in node.payloads:
+        payloads["buffers"] = codec.encode_dense(flatten_buffers(model))
+    return node.reply({"num-examples": result.num_examples, "train-loss": result.mean_loss}, payloads)
 
 
 @app.evaluate("fedfish")
@@ -112,6 +126,9 @@ def train_fedavg(msg: Message, context: Context) -> Message:
     partition_id = int(context.node_config["partition-id"])
     loader = _loader(*_shard(cfg, context), config.batch_size, _seed(cfg, partition_id))
     result = masked_train(model, None, loader, config, default_device())
+    if str(cfg.get("buffers", "aggregate")) == "local":
+        context.state.config_records[_FEDAVG_BUFFERS] = ConfigRecord(
+            {"buffers": codec.encode_dense(flatten_buffers(model))})
     content = RecordDict({
         "arrays": ArrayRecord(model.state_dict()),
         "metrics": MetricRecord({"num-examples": result.num_examples, "train-loss": result.mean_loss}),
@@ -155,15 +172,17 @@ class _Node:
 
         Raises NeedBase (after dropping the state) when the message assumes what the node lacks.
         """
+        base0 = version0(self.cfg, self.context.node_config)
         try:
             mask = round_mask(self.cfg, self.payloads, self.holding, model_size(self.cfg))
-            base = sync_model(self.cfg, self.payloads, self.holding, version0(self.cfg, self.context.node_config), mask)
+            base = sync_model(self.cfg, self.payloads, self.holding, base0.params if base0 else None, mask)
         except NeedBase:
             client_state.forget(self.cfg, self.context)
             self.holding.forget()
             raise
         model = model_for(self.cfg)
         load_flat_params(model, base)
+        load_flat_buffers(model, model_buffers(self.cfg, self.payloads, self.holding, base0))
         return model, base, mask
 
     def reply(self, metrics: dict[str, int | float], payloads: dict[str, bytes]) -> Message:
@@ -184,6 +203,10 @@ def _fedavg_model(msg: Message, context: Context, task: str) -> tuple[dict, torc
     _inject_faults(cfg, int(context.node_config["partition-id"]), context, task)
     model = model_for(cfg)
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    own = context.state.config_records.get(_FEDAVG_BUFFERS)
+    if str(cfg.get("buffers", "aggregate")) == "local" and own is not None:
+        # FedBN: this node's statistics replace the averaged ones the server sent.
+        load_flat_buffers(model, codec.decode_dense(own["buffers"], flatten_buffers(model).numel()))
     return cfg, model
 
 
@@ -248,15 +271,12 @@ def _loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int | None)
 
 
 def _shard(cfg: dict, context: Context) -> tuple[torch.Tensor, torch.Tensor]:
-    """This node's partition. ``--node-config`` (``partition-id``, ``num-partitions``,
-    ``data-root``) describes the machine's own data and wins over the server's settings."""
+    """This node's partition. ``--node-config`` (``num-partitions``, ``data-root``,
+    ``data-files``, ``data-dir``) describes the machine's own data and wins over the
+    server's settings; ``partition-id`` always comes from the node."""
     node = context.node_config
-    num_partitions = int(node.get("num-partitions", cfg["num-partitions"]))
-    root = str(node.get("data-root", cfg["data-root"])) or None
-    x, y = load_partition(
-        str(cfg["dataset"]), int(node["partition-id"]), num_partitions, str(cfg["partitioner"]),
-        seed=int(cfg["seed"]), root=root, holdout_fraction=float(cfg.get("holdout-fraction", 0.0)),
-        alpha=float(cfg["alpha"]), classes_per_partition=int(cfg["classes-per-partition"]),
-    )
+    overrides = {key: node[key] for key in ("num-partitions", "data-root", "data-files", "data-dir") if key in node}
+    data = DataConfig.from_run_config(cfg | overrides)
+    x, y = load_partition(data, int(node["partition-id"]))
     limit = int(cfg["samples-per-client"])
     return (x[:limit], y[:limit]) if limit > 0 else (x, y)

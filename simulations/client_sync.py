@@ -13,13 +13,14 @@ that cannot (another torch build, a missing file) or lacks the assumed base answ
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
 from fedfish import codec
 from fedfish.holding import Holding
-from fedfish.layout import ParamLayout, flatten_params, params_digest
+from fedfish.layout import ParamLayout, flatten_buffers, flatten_params, params_digest
 from fedfish.masks import Mask, random_mask
 from fedfish.models import build_model, head_names, seeded_model
 
@@ -28,33 +29,53 @@ class NeedBase(Exception):
     """The message assumes a base model or mask this node does not hold."""
 
 
-def version0(cfg: dict, node_config: dict) -> torch.Tensor | None:
-    """The run's version-0 model as a flat fp32 vector, or None if this node cannot rebuild it.
+@dataclass(frozen=True)
+class Version0:
+    """The run's version-0 model, rebuilt on this node: flat parameters and buffers (fp32)."""
+
+    params: torch.Tensor
+    buffers: torch.Tensor
+
+
+def version0(cfg: dict, node_config: dict) -> Version0 | None:
+    """The run's version-0 model, or None if this node cannot rebuild it.
 
     The public checkpoint is ``--node-config initial-model=...`` if given, else the run's
-    ``initial-model``; without one, the seeded initial model. It must match the server's
-    ``public-base-digest``; the result is cached per process and must not be modified.
+    ``initial-model``; without one, the seeded initial model. Its parameters must match the
+    server's ``public-base-digest``; the result is cached per process and must not be modified.
     """
     digest = str(cfg.get("public-base-digest", ""))
     if not digest:
         return None
     path = str(node_config.get("initial-model", cfg.get("initial-model", "")))
-    return _version0(str(cfg["model"]), int(cfg["num-classes"]), int(cfg["seed"]), path, digest)
+    return _version0(str(cfg["model"]), int(cfg["num-classes"]), _input_shape(cfg), int(cfg["seed"]), path, digest)
 
 
 @lru_cache(maxsize=4)
-def _version0(model_name: str, num_classes: int, seed: int, path: str, digest: str) -> torch.Tensor | None:
+def _version0(model_name: str, num_classes: int, input_shape: tuple[int, ...], seed: int, path: str,
+              digest: str) -> Version0 | None:
     if path:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            model = build_model(model_name, num_classes)
+            model = build_model(model_name, num_classes, input_shape)
             model.load_state_dict(state)
         except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
             return None
     else:
-        model = seeded_model(model_name, seed, num_classes)
+        model = seeded_model(model_name, seed, num_classes, input_shape)
     flat = flatten_params(model)
-    return flat if params_digest(flat) == digest else None
+    return Version0(flat, flatten_buffers(model)) if params_digest(flat) == digest else None
+
+
+def model_buffers(cfg: dict, payloads: dict[str, bytes], holding: Holding, base0: Version0 | None) -> torch.Tensor:
+    """The buffers (BatchNorm statistics) to train and evaluate with: the global ones the
+    message carries, else the node's own (``buffers=local``), else version 0's, else the
+    untrained model's. Never another partition's left in the process's shared model."""
+    if "buffers" in payloads:
+        return codec.decode_dense(payloads["buffers"], _default_buffers(cfg).numel())
+    if holding.buffers is not None:
+        return holding.buffers
+    return base0.buffers if base0 is not None else _default_buffers(cfg)
 
 
 def sync_model(
@@ -108,8 +129,7 @@ def round_mask(cfg: dict, payloads: dict[str, bytes], holding: Holding, num_para
     version = int(cfg["mask-version"])
     if "mask-seed" in cfg:
         holding.set_mask(b"", version)
-        return seeded_mask(str(cfg["model"]), int(cfg["num-classes"]), num_params, float(cfg["density"]),
-                           int(cfg["mask-seed"]), version)
+        return seeded_mask(cfg, num_params, version)
     if "mask" in payloads:
         mask = _checked(codec.decode_mask(payloads["mask"]), version, num_params)
         holding.set_mask(payloads["mask"], version, mask)
@@ -119,10 +139,16 @@ def round_mask(cfg: dict, payloads: dict[str, bytes], holding: Holding, num_para
     raise NeedBase
 
 
-@lru_cache(maxsize=16)
-def seeded_mask(model_name: str, num_classes: int, num_params: int, density: float, seed: int, version: int) -> Mask:
+def seeded_mask(cfg: dict, num_params: int, version: int) -> Mask:
     """A seeded random mask (the server sends only its seed), head included."""
-    model = build_model(model_name, num_classes)
+    return _seeded_mask(str(cfg["model"]), int(cfg["num-classes"]), _input_shape(cfg), num_params,
+                        float(cfg["density"]), int(cfg["mask-seed"]), version)
+
+
+@lru_cache(maxsize=16)
+def _seeded_mask(model_name: str, num_classes: int, input_shape: tuple[int, ...], num_params: int, density: float,
+                 seed: int, version: int) -> Mask:
+    model = build_model(model_name, num_classes, input_shape)
     head = ParamLayout.of(model).indicator(head_names(model))
     return random_mask(num_params, density, seed=seed, always_include=head, version=version)
 
@@ -139,10 +165,24 @@ def model_size(cfg: dict) -> int:
 
 
 def model_for(cfg: dict) -> torch.nn.Module:
-    """This process's model of the run's architecture (built once; callers load weights into it)."""
-    return _model(str(cfg["model"]), int(cfg["num-classes"]))
+    """This process's model of the run's architecture (built once; callers load weights and
+    buffers into it before every use)."""
+    return _model(str(cfg["model"]), int(cfg["num-classes"]), _input_shape(cfg))
 
 
 @lru_cache(maxsize=4)
-def _model(name: str, num_classes: int) -> torch.nn.Module:
-    return build_model(name, num_classes)
+def _model(name: str, num_classes: int, input_shape: tuple[int, ...]) -> torch.nn.Module:
+    return build_model(name, num_classes, input_shape)
+
+
+def _default_buffers(cfg: dict) -> torch.Tensor:
+    return _untrained_buffers(str(cfg["model"]), int(cfg["num-classes"]), _input_shape(cfg))
+
+
+@lru_cache(maxsize=4)
+def _untrained_buffers(name: str, num_classes: int, input_shape: tuple[int, ...]) -> torch.Tensor:
+    return flatten_buffers(build_model(name, num_classes, input_shape))
+
+
+def _input_shape(cfg: dict) -> tuple[int, ...]:
+    return tuple(int(d) for d in cfg["input-shape"])

@@ -15,17 +15,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from fedfish.dataconfig import DataConfig, DataConfigError
+from fedfish.partition import partitioner_names
+
 STRATEGIES = ("fedavg", "fedfish", "random-fixed", "random-per-round", "magnitude", "saliency", "topk-ef")
 FISHER_TYPES = ("empirical", "expected", "sampled")
 FISHER_SOURCES = ("client", "server")
 FISHER_UPLOADS = ("fp32", "fp16", "sparse")
 MASK_SCOPES = ("global", "per-layer")
 VALUE_DTYPES = ("fp32", "fp16", "bf16", "int8")
-DATASETS = ("fashion-mnist", "cifar10")
-MODELS = ("cnn", "resnet18")
-PARTITIONERS = ("iid", "dirichlet", "pathological", "shard")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-MODEL_FOR_DATASET = {"fashion-mnist": "cnn", "cifar10": "resnet18"}
+BUFFER_MODES = ("aggregate", "local")
 
 
 class ConfigError(ValueError):
@@ -46,6 +46,8 @@ class RunConfig:
 
     # What to run
     strategy: str = field(default="fedfish", metadata=_choice(*STRATEGIES))
+    mask_source: str = ""
+    update_rule: str = ""
     density: float = field(default=0.05, metadata=_range(0.0, 1.0, lo_open=True))
     mask_scope: str = field(default="global", metadata=_choice(*MASK_SCOPES))
     fisher_type: str = field(default="empirical", metadata=_choice(*FISHER_TYPES))
@@ -58,11 +60,17 @@ class RunConfig:
     mask_refresh: int = field(default=0, metadata=_range(0))
     value_dtype: str = field(default="fp32", metadata=_choice(*VALUE_DTYPES))
     error_feedback: bool = False
-    # Data and model
-    dataset: str = field(default="fashion-mnist", metadata=_choice(*DATASETS))
+    # Data (fedfish.dataconfig.DataConfig checks these) and model
+    dataset: str = "fashion-mnist"
     data_root: str = ""
-    model: str = field(default="cnn", metadata=_choice(*MODELS))
-    partitioner: str = field(default="dirichlet", metadata=_choice(*PARTITIONERS))
+    data_files: str = ""
+    data_dir: str = ""
+    feature_column: str = ""
+    label_column: str = "label"
+    model: str = "cnn"
+    buffers: str = field(default="aggregate", metadata=_choice(*BUFFER_MODES))
+    partitioner: str = "dirichlet"
+    partitioner_args: str = ""
     alpha: float = field(default=0.5, metadata=_range(0.0, lo_open=True))
     classes_per_partition: int = field(default=2, metadata=_range(1))
     num_partitions: int = field(default=10, metadata=_range(1))
@@ -107,10 +115,14 @@ class RunConfig:
         if not self.run_name or "/" in self.run_name or self.run_name.startswith("."):
             raise ConfigError(f"run-name: must be a plain folder name, got {self.run_name!r}")
         parse_forget_state(self.fault_forget_state)
-        if MODEL_FOR_DATASET[self.dataset] != self.model:
-            raise ConfigError(
-                f"model: {self.model!r} does not fit dataset {self.dataset!r}; use {MODEL_FOR_DATASET[self.dataset]!r}"
-            )
+        try:
+            self.data_config()
+        except DataConfigError as err:
+            raise ConfigError(str(err)) from None
+        if self.partitioner not in partitioner_names():
+            raise ConfigError(f"partitioner: unknown {self.partitioner!r}; known: {', '.join(partitioner_names())}")
+        if not self.model or self.model.count(":") > 1:
+            raise ConfigError(f"model: expected a registered name or 'package.module:callable', got {self.model!r}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
@@ -125,6 +137,10 @@ class RunConfig:
     def to_mapping(self) -> dict[str, Any]:
         """Kebab-case keys and plain values (JSON- and TOML-ready)."""
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+    def data_config(self) -> DataConfig:
+        """The run's data settings (``fedfish.datasource`` loads and partitions with them)."""
+        return DataConfig.from_run_config(self.to_mapping())
 
     def client_state_folder(self) -> str:
         """Absolute parent folder of the clients' on-disk state ("" = memory only); see ``client-state-dir``."""
@@ -190,6 +206,10 @@ def parse_forget_state(spec: str) -> dict[int, int]:
 
 KEY_HELP: dict[str, str] = {
     "strategy": "what to run: " + ", ".join(STRATEGIES),
+    "mask-source": "where the mask comes from, overriding the strategy's: fisher, saliency, magnitude, random-fixed, "
+    "random-per-round, or `package.module:attribute` of your own (docs/extending.md); \"\" = the strategy's",
+    "update-rule": "what clients send, overriding the strategy's: values (the change under the mask), topk-ef, or "
+    "`package.module:attribute`; \"\" = the strategy's",
     "density": "fraction of parameters in the mask (or kept by top-k), in (0, 1]",
     "mask-scope": "`global` top-k over all parameters, or `per-layer` top-k",
     "fisher-type": "`empirical` (true labels), `expected` (exact over classes), `sampled` (y ~ p(y|x))",
@@ -204,10 +224,22 @@ KEY_HELP: dict[str, str] = {
     "a scale per 256 values); downlinks stay fp32: clients hold the exact model",
     "error-feedback": "clients keep what the uplink dtype dropped and add it to their next change (memory the size "
     "of the mask)",
-    "dataset": "fashion-mnist or cifar10",
-    "data-root": "where to look for data first (else $FEDFISH_DATA, ./data, /usr/share/datasets/...)",
-    "model": "cnn (FedAvg CNN, 1.66M params, fashion-mnist) or resnet18 (cifar10)",
-    "partitioner": "iid, dirichlet, pathological (k classes per client), shard (flwr-datasets)",
+    "dataset": "fashion-mnist or cifar10 (built in, offline first), a registered name, `npz`, `parquet`/`csv`/"
+    "`json`/`imagefolder` (local files through flwr-datasets' FederatedDataset), a Hugging Face hub id, or "
+    "`package.module:callable` returning {split: (x, y)}",
+    "data-root": "where built-in datasets are looked for first (else $FEDFISH_DATA, ./data, /usr/share/datasets/...); "
+    "when given, it must hold them",
+    "data-files": "local files: a path/glob (the train split), or a TOML inline table `{train = '...', test = '...'}`",
+    "data-dir": "folder of an `imagefolder` dataset (train/ and test/ subfolders, one folder per class)",
+    "feature-column": "input column(s), comma-separated; \"\" = the image column, else every column but the label",
+    "label-column": "label column",
+    "model": "a registered model (cnn: FedAvg CNN, 1.66M params; small-cnn; small-resnet: ResNet-8 with "
+    "BatchNorm; resnet18) or `package.module:callable` taking num_classes and input_shape",
+    "buffers": "BatchNorm statistics and other buffers: `aggregate` (averaged every round like FedAvg, sent both "
+    "ways, counted) or `local` (each client keeps its own, FedBN)",
+    "partitioner": "iid, dirichlet, pathological (k classes per client), shard, or any flwr-datasets partitioner "
+    "class name (e.g. NaturalIdPartitioner)",
+    "partitioner-args": "extra partitioner arguments as a TOML inline table, e.g. `{partition_by = 'writer_id'}`",
     "alpha": "Dirichlet concentration",
     "classes-per-partition": "classes per client for `pathological`",
     "num-partitions": "number of clients (one SuperNode each in simulation)",

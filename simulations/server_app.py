@@ -19,11 +19,13 @@ from flwr.supercore import log
 
 from fedfish import codec
 from fedfish.accounting import TrafficLog
-from fedfish.data import DATASETS, load_images
-from fedfish.layout import ParamLayout, load_flat_params, params_digest
+from fedfish.dataconfig import DataConfigError
+from fedfish.datasource import check as check_data
+from fedfish.datasource import data_info, load_split
+from fedfish.layout import ParamLayout, buffer_names, load_flat_params, params_digest
 from fedfish.mask_sources import ScoreSettings, mask_source
+from fedfish.updates import update_rule
 from fedfish.models import build_model, head_names, seeded_model
-from fedfish.partition import holdout_indices
 from simulations.checkpoint import RoundOffset, ServerState, load_checkpoint, remove_checkpoint, save_checkpoint
 from simulations.config import ConfigError, RunConfig
 from simulations.early_stop import Converged, Plateau
@@ -38,10 +40,11 @@ app = ServerApp()
 # Run-config keys every client needs; the server sends them in each message so that a
 # ClientApp needs no run config of its own (scripted simulations have none).
 CLIENT_KEYS = (
-    "model", "dataset", "data-root", "partitioner", "alpha", "classes-per-partition", "num-partitions",
+    "model", "dataset", "data-root", "data-files", "data-dir", "feature-column", "label-column", "partitioner",
+    "partitioner-args", "alpha", "classes-per-partition", "num-partitions",
     "samples-per-client", "holdout-fraction", "seed", "local-epochs", "batch-size", "lr", "optimizer", "momentum",
     "weight-decay", "fisher-type", "fisher-samples", "fisher-label-samples", "fisher-upload",
-    "fisher-upload-density", "fault-fail-fraction", "fault-forget-state", "run-name",
+    "fisher-upload-density", "fault-fail-fraction", "fault-forget-state", "run-name", "buffers",
 )
 # run-config strategy -> (mask source, update rule) of the FedFish strategy
 METHODS = {
@@ -68,14 +71,14 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     """
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)  # for whatever draws from the global RNGs (user strategies, say)
+    check_plugins(cfg)
     model = initial_model(cfg)
     layout = ParamLayout.of(model)
     run_dir = Path(cfg.results_dir) / cfg.run_name
     traffic = TrafficLog()
     metered = MeteredGrid(grid, traffic, model_bytes=4 * layout.num_params)
-    num_train = len(load_images(cfg.dataset, "train", cfg.data_root or None)[1])
-    strategy = build_strategy(cfg, model, max_examples=num_train)
-    test_x, test_y = load_images(cfg.dataset, "test", cfg.data_root or None)
+    strategy = build_strategy(cfg, model, max_examples=max(data_info(cfg.data_config()).partition_sizes))
+    test_x, test_y = load_split(cfg.data_config(), "test")
     if cfg.eval_samples:
         test_x, test_y = test_x[: cfg.eval_samples], test_y[: cfg.eval_samples]
     resumed = _restore(cfg, run_dir, strategy, traffic)
@@ -90,7 +93,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     write_json(run_dir / "config.json", _run_info(cfg, layout))
     plateau = Plateau(cfg.stop_patience, cfg.stop_min_delta) if cfg.stop_patience else None
     recorder = RoundRecorder(
-        build_model(cfg.model, _num_classes(cfg)), (test_x, test_y), traffic,
+        build_model(cfg.model, _num_classes(cfg), _input_shape(cfg)), (test_x, test_y), traffic,
         strategy.round_stats, run_dir, cfg.num_server_rounds,
         on_round=checkpoint, rows=resumed.rows if resumed is not None else None, plateau=plateau,
     )
@@ -133,10 +136,40 @@ def _restore(cfg: RunConfig, run_dir: Path, strategy: Strategy, traffic: Traffic
     return state
 
 
+def method_of(cfg: RunConfig) -> tuple[str, str]:
+    """(mask source, update rule) of a FedFish run: the strategy's, unless overridden."""
+    source, update = METHODS[cfg.strategy]
+    return cfg.mask_source or source, cfg.update_rule or update
+
+
+def check_plugins(cfg: RunConfig) -> None:
+    """What can only be checked by loading it (the data, the model, the method's plug-ins),
+    before any training: a ConfigError naming the run-config key at fault."""
+    try:
+        check_data(cfg.data_config())
+    except DataConfigError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.strategy != "fedavg":
+        source, update = method_of(cfg)
+        for key, resolve_plugin, name in (("mask-source", mask_source, source), ("update-rule", update_rule, update)):
+            try:
+                resolve_plugin(name)
+            except ValueError as err:
+                raise ConfigError(f"{key}: {err}") from None
+    try:
+        model = build_model(cfg.model, _num_classes(cfg), _input_shape(cfg))
+        head_names(model)
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, *_input_shape(cfg)))
+    except Exception as err:  # noqa: BLE001 - whatever a user's model raises is reported under its key
+        raise ConfigError(f"model: {cfg.model!r} does not build or run on inputs of shape "
+                          f"{_input_shape(cfg)}: {type(err).__name__}: {err}") from err
+
+
 def initial_model(cfg: RunConfig) -> torch.nn.Module:
     """The model to start from: ``initial-model`` (a saved state_dict) or the seeded init,
     which every client can rebuild (:func:`fedfish.models.seeded_model`)."""
-    model = seeded_model(cfg.model, cfg.seed, _num_classes(cfg))
+    model = seeded_model(cfg.model, cfg.seed, _num_classes(cfg), _input_shape(cfg))
     if cfg.initial_model:
         path = Path(cfg.initial_model)
         if not path.is_file():
@@ -149,10 +182,12 @@ def initial_model(cfg: RunConfig) -> torch.nn.Module:
     return model
 
 
-def client_config(cfg: RunConfig) -> dict[str, int | float | str | bool]:
-    """The subset of the run config that clients need, and the class count of the dataset."""
+def client_config(cfg: RunConfig) -> dict[str, int | float | str | bool | list[int]]:
+    """The subset of the run config that clients need, and the data's class count and input shape."""
     mapping = cfg.to_mapping()
-    return {key: mapping[key] for key in CLIENT_KEYS} | {"num-classes": _num_classes(cfg)}
+    return {key: mapping[key] for key in CLIENT_KEYS} | {
+        "num-classes": _num_classes(cfg), "input-shape": list(_input_shape(cfg)),
+    }
 
 
 def build_strategy(cfg: RunConfig, model: torch.nn.Module, *, max_examples: int) -> Strategy:
@@ -172,7 +207,7 @@ def build_strategy(cfg: RunConfig, model: torch.nn.Module, *, max_examples: int)
             min_available_nodes=1,
         )
     layout = ParamLayout.of(model)
-    source, update = METHODS[cfg.strategy]
+    source, update = method_of(cfg)
     on_server = mask_source(source).kind == "model" or cfg.fisher_source == "server"
     return FedFish(
         layout=layout,
@@ -196,6 +231,8 @@ def build_strategy(cfg: RunConfig, model: torch.nn.Module, *, max_examples: int)
         max_update_norm=cfg.max_update_norm or None,
         seed=cfg.seed,
         public_base=cfg.public_initial_model,
+        buffer_names=buffer_names(model),
+        buffers=cfg.buffers,
     )
 
 
@@ -215,7 +252,7 @@ def server_scores_fn(cfg: RunConfig, model: torch.nn.Module, source_name: str): 
     examples of the public held-out split when ``holdout-fraction`` > 0 (data no client
     holds), else of the training set, drawn with the run's seed."""
     source = mask_source(source_name)
-    scratch = build_model(cfg.model, _num_classes(cfg))
+    scratch = build_model(cfg.model, _num_classes(cfg), _input_shape(cfg))
     if source.kind == "model":
 
         def model_scores(flat: torch.Tensor) -> torch.Tensor:
@@ -223,14 +260,8 @@ def server_scores_fn(cfg: RunConfig, model: torch.nn.Module, source_name: str): 
             return source.scores(scratch, None, ScoreSettings())
 
         return model_scores
-    x, y = load_images(cfg.dataset, "train", cfg.data_root or None)
-    pool = (
-        torch.from_numpy(holdout_indices(len(x), cfg.holdout_fraction))
-        if cfg.holdout_fraction > 0
-        else torch.arange(len(x))
-    )
-    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg.seed))
-    pick = pool[order[: cfg.server_samples]]
+    x, y = load_split(cfg.data_config(), "public" if cfg.holdout_fraction > 0 else "train")
+    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.server_samples]
     proxy = (x[pick], y[pick])
 
     def scores(flat: torch.Tensor) -> torch.Tensor:
@@ -242,7 +273,11 @@ def server_scores_fn(cfg: RunConfig, model: torch.nn.Module, source_name: str): 
 
 
 def _num_classes(cfg: RunConfig) -> int:
-    return DATASETS[cfg.dataset].num_classes
+    return data_info(cfg.data_config()).num_classes
+
+
+def _input_shape(cfg: RunConfig) -> tuple[int, ...]:
+    return tuple(data_info(cfg.data_config()).input_shape)
 
 
 def _run_info(cfg: RunConfig, layout: ParamLayout) -> dict[str, object]:

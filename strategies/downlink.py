@@ -116,6 +116,10 @@ class DownlinkEncoder:
         config["sync"] = sync
         return NodeSync(config, payloads)
 
+    def buffers(self, history: ChangeHistory, buffers: torch.Tensor) -> bytes:
+        """The global buffers (BatchNorm statistics) as a dense fp32 payload, encoded once per version."""
+        return self._once(history, ("buffers",), lambda: codec.encode_dense(buffers, "fp32"))
+
     def _once(self, history: ChangeHistory, key: tuple[object, ...], make: Callable[[], bytes]) -> bytes:
         full_key = (history.version, *key)
         if full_key not in self._cache:

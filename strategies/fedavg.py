@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from logging import WARNING
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
@@ -109,7 +110,8 @@ class CountingFedAvg(FedAvg):
                 server_round, len(batch.accepted), self.min_replies)
             stats.skipped = True
             return None, batch.metrics()
-        return super().aggregate_train(server_round, valid)
+        arrays, metrics = super().aggregate_train(server_round, valid)
+        return _with_dtypes_of(arrays, self._global), metrics
 
     def state_dict(self) -> dict[str, object]:
         """Node map and sampling RNG, for checkpoints."""
@@ -133,3 +135,19 @@ class CountingFedAvg(FedAvg):
         config = ConfigRecord(dict(config) | {"server-round": server_round})
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, sampled, kind)
+
+
+def _with_dtypes_of(arrays: ArrayRecord | None, reference: ArrayRecord) -> ArrayRecord | None:
+    """Flower averages every array in floating point: integer buffers (BatchNorm's batch
+    counters) come back as float64. Cast each array back to the global model's dtype, integers
+    rounded, so the next round's replies (which carry the model's own dtypes) still match."""
+    if arrays is None:
+        return None
+    expected = {key: array.numpy().dtype for key, array in reference.items()}
+    out = {}
+    for key, array in arrays.items():
+        value = array.numpy()
+        if np.issubdtype(expected[key], np.integer):
+            value = np.rint(value)
+        out[key] = Array(np.ascontiguousarray(value.astype(expected[key], copy=False)))
+    return ArrayRecord(out)

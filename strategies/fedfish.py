@@ -36,6 +36,7 @@ from fedfish.mask_sources import mask_source as find_mask_source
 from fedfish.sync import ChangeHistory
 from fedfish.updates import DecodedUpdate, UpdateRule, update_rule
 from strategies import records
+from strategies.calibration import combine_scores, decode_scores
 from strategies.downlink import DownlinkEncoder
 from strategies.holdings import NodeHoldings, wait_for_nodes
 from strategies.masking import MaskState, ServerScores
@@ -43,6 +44,7 @@ from strategies.replies import ReplyBatch, check_replies
 from strategies.stats import RoundStats
 
 TRAIN, EVALUATE, SCORES = "train.fedfish", "evaluate.fedfish", "query.scores"
+BUFFER_MODES = ("aggregate", "local")
 # What an enrolling node needs to find its on-disk state (simulations.client_state).
 ENROL_KEYS = ("run-name", "run-token", "client-state-dir")
 
@@ -101,6 +103,12 @@ class FedFish(Strategy):
         Every node can rebuild version 0 itself (a seed or a public checkpoint; clients
         check its digest): a node never heard from holds version 0 and gets only the mask
         and the values under it, never the dense model.
+    buffer_names : tuple[str, ...] (default: ())
+        The model's buffers (BatchNorm statistics; ``fedfish.layout.buffer_names``).
+    buffers : str (default: "aggregate")
+        ``aggregate``: every message carries the global buffers and every training reply
+        the client's, averaged like FedAvg averages them (a few KB, counted); ``local``:
+        each client keeps its own (FedBN), and the server's stay those of version 0.
     run_token : str | None (default: None)
         Names this run in the clients' on-disk state, so a node never builds on another
         run's model; None draws a fresh one (a resumed run restores it from the checkpoint).
@@ -131,6 +139,8 @@ class FedFish(Strategy):
         max_update_norm: float | None = None,
         seed: int = 0,
         public_base: bool = False,
+        buffer_names: tuple[str, ...] = (),
+        buffers: str = "aggregate",
         run_token: str | None = None,
     ) -> None:
         source = find_mask_source(mask_source)
@@ -138,6 +148,7 @@ class FedFish(Strategy):
         _check_choice("mask_scope", mask_scope, ("global", "per-layer"))
         _check_choice("value_dtype", value_dtype, codec.VALUE_DTYPES)
         _check_choice("fisher_source", fisher_source, ("client", "server"))
+        _check_choice("buffers", buffers, BUFFER_MODES)
         if not 0.0 < density <= 1.0:
             raise ValueError(f"FedFish: density must be in (0, 1], got {density}")
         if not 0.0 < fraction_train <= 1.0:
@@ -158,7 +169,9 @@ class FedFish(Strategy):
             raise ValueError(f"FedFish: mask source {mask_source!r} with fisher_source={fisher_source!r} "
                              "needs server_scores_fn")
         self.layout = layout
-        self.client_config = dict(client_config) | {"run-token": run_token or secrets.token_hex(16)}
+        self.buffer_names = tuple(buffer_names)
+        self.syncs_buffers = bool(self.buffer_names) and buffers == "aggregate"
+        self.client_config = dict(client_config) | {"run-token": run_token or secrets.token_hex(16), "buffers": buffers}
         self.update = update
         self.density = density
         self.warmup_rounds = warmup_rounds
@@ -179,6 +192,7 @@ class FedFish(Strategy):
         self.history = ChangeHistory(layout.num_params)
         self.round_stats: dict[int, RoundStats] = {}
         self._global: torch.Tensor | None = None
+        self._buffers: torch.Tensor | None = None  # fp32, buffer_names order
         self._arrays: ArrayRecord | None = None
         self.downlink = DownlinkEncoder(layout.num_params)
 
@@ -234,10 +248,17 @@ class FedFish(Strategy):
         stats = self.round_stats.setdefault(server_round, RoundStats())
         rule = update_rule("dense") if self._is_dense_round(server_round) else self.rule
         mask = self.masks.mask if rule.trains_under_mask else None
+
+        def decode(reply: records.Reply) -> tuple[DecodedUpdate, torch.Tensor | None]:
+            update = rule.decode(reply.payloads["update"], mask, self.layout.num_params)
+            buffers = codec.decode_dense(reply.payloads["buffers"], len(self._buffers)) if self.syncs_buffers else None
+            return update, buffers
+
         batch = check_replies(
             replies,
-            decode=lambda reply: rule.decode(reply.payloads["update"], mask, self.layout.num_params),
+            decode=decode,
             max_examples=self.max_examples,
+            required_payloads=("update", "buffers") if self.syncs_buffers else ("update",),
             max_model_version=self.history.version,
             model_version=self.history.version,
             update_norm=_change_norm,
@@ -250,9 +271,12 @@ class FedFish(Strategy):
                 server_round, len(batch.accepted), self.min_replies)
             stats.skipped = True
             return None, batch.metrics()
-        change = weighted_mean([update for _, update in batch.accepted],
-                               [reply.num_examples for reply, _ in batch.accepted], self.layout.num_params)
+        weights = [reply.num_examples for reply, _ in batch.accepted]
+        change = weighted_mean([update for _, (update, _) in batch.accepted], weights, self.layout.num_params)
         new_global, changed = apply_change(self._current(), change)
+        if self.syncs_buffers:
+            # Buffers are averaged like FedAvg averages them (running statistics, not changes).
+            self._buffers = sum(b * (w / sum(weights)) for (_, (_, b)), w in zip(batch.accepted, weights, strict=True))
         self.history.record(changed)
         self._global = new_global
         self._arrays = self._to_arrays(new_global)
@@ -316,10 +340,12 @@ class FedFish(Strategy):
         if arrays is self._arrays and self._global is not None:
             return
         state = arrays.to_torch_state_dict()
-        missing = [n for n in self.layout.names if n not in state]
+        missing = [n for n in (*self.layout.names, *self.buffer_names) if n not in state]
         if missing:
-            raise ValueError(f"FedFish: the global ArrayRecord lacks parameters {missing}")
+            raise ValueError(f"FedFish: the global ArrayRecord lacks {missing}")
         self._global = torch.cat([state[n].reshape(-1).float() for n in self.layout.names])
+        self._buffers = torch.cat([state[n].reshape(-1).float() for n in self.buffer_names]) if self.buffer_names \
+            else torch.zeros(0)
         self._arrays = arrays
         self.downlink.clear()
 
@@ -327,10 +353,17 @@ class FedFish(Strategy):
         state = self._arrays.to_torch_state_dict() if self._arrays is not None else {}
         for name, tensor in zip(self.layout.names, self.layout.split(flat), strict=True):
             state[name] = tensor.clone()
+        if self.syncs_buffers:
+            sizes = [state[name].numel() for name in self.buffer_names]
+            for name, chunk in zip(self.buffer_names, torch.split(self._buffers, sizes), strict=True):
+                old = state[name]
+                value = chunk if old.is_floating_point() else chunk.round()
+                state[name] = value.reshape(old.shape).to(old.dtype)
         self.downlink.clear()
         return ArrayRecord(state)
 
     def _sample(self, server_round: int, grid: Grid, fraction: float) -> list[int]:
+        # Enrolling unknown nodes is a round trip: sampling by partition needs their partitions.
         nodes = wait_for_nodes(grid, self.min_available_nodes)
         enrol_config = {key: self.client_config[key] for key in ENROL_KEYS if key in self.client_config}
         enrol_config |= {"server-round": server_round, "phase": "enrol"}
@@ -362,25 +395,11 @@ class FedFish(Strategy):
             for node in nodes
         ]
         replies = grid.send_and_receive(messages, timeout=self.round_timeout)
-        batch = check_replies(replies, decode=self._decode_scores, max_examples=self.max_examples,
-                              required_payloads=("scores",), max_model_version=self.history.version)
+        batch = check_replies(replies, decode=lambda reply: decode_scores(reply, self.layout.num_params),
+                              max_examples=self.max_examples, required_payloads=("scores",),
+                              max_model_version=self.history.version)
         self._count(self.round_stats[server_round], batch)
-        if not batch.accepted:
-            return None
-        total = sum(r.num_examples for r, _ in batch.accepted)
-        # Each client's scores are a mean over its samples: weight by sample count.
-        return sum(scores * (r.num_examples / total) for r, scores in batch.accepted)  # type: ignore[return-value]
-
-    def _decode_scores(self, reply: records.Reply) -> torch.Tensor:
-        payload = reply.payloads["scores"]
-        if codec.parse_header(payload).kind == codec.Kind.SPARSE:
-            indices, values = codec.decode_sparse(payload, self.layout.num_params)
-            scores = torch.zeros(self.layout.num_params).index_put_((indices,), values)
-        else:
-            scores = codec.decode_dense(payload, self.layout.num_params)
-        if (scores < 0).any():
-            raise codec.CodecError("scores must be non-negative")
-        return scores
+        return combine_scores(batch)
 
     def _count(self, stats: RoundStats, batch: ReplyBatch) -> None:
         """Note what replying nodes hold and add the batch's failures to the round's counts."""
@@ -410,13 +429,16 @@ class FedFish(Strategy):
         sync = self.downlink.node_sync(
             self.history, self._current(), held_model, held_mask, mask, self.masks.mask_seed if mask else None
         )
+        payloads = dict(sync.payloads)
+        if self.syncs_buffers:
+            payloads["buffers"] = self.downlink.buffers(self.history, self._buffers)  # type: ignore[arg-type]
         if phase is None:
             phase = "warmup" if warmup else "train"
-        return records.downlink(dict(task_config) | sync.config | {"phase": phase}, sync.payloads)
+        return records.downlink(dict(task_config) | sync.config | {"phase": phase}, payloads)
 
 
-def _change_norm(update: DecodedUpdate) -> float:
-    return float(torch.linalg.vector_norm(update.values.double()))
+def _change_norm(decoded: tuple[DecodedUpdate, torch.Tensor | None]) -> float:
+    return float(torch.linalg.vector_norm(decoded[0].values.double()))
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

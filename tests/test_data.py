@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,9 @@ from hypothesis import strategies as st
 
 from fedfish import data
 from fedfish.data import DATASETS, load_images, load_partition, locate_fashion_mnist
-from fedfish.partition import PARTITIONERS, label_histogram, partition_indices
+from fedfish.partition import (
+    PARTITIONERS, label_histogram, make_partitioner, partition_indices, partitioner_names,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,6 +169,23 @@ def test_corrupt_idx_rejected_naming_the_file(tiny_fmnist_dir, file_name, corrup
     # Execute / Assert
     with pytest.raises(ValueError, match=match):
         load_images("fashion-mnist", "train", root=tiny_fmnist_dir.root)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "reason"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:200]), "Compressed file ended"),
+        (lambda p: p.write_bytes(b"not gzip at all"), "Not a gzipped file"),
+    ],
+)
+def test_corrupt_gzip_idx_rejected_naming_the_file(tiny_fmnist_dir, corrupt, reason: str) -> None:
+    # Prepare: the fixture's test files are gzipped.
+    path = tiny_fmnist_dir.root / "t10k-images-idx3-ubyte.gz"
+    corrupt(path)
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: truncated or corrupt gzip file \({reason}"):
+        load_images("fashion-mnist", "test", root=tiny_fmnist_dir.root)
 
 
 def test_image_and_label_counts_must_agree(tiny_fmnist_dir) -> None:
@@ -429,6 +449,67 @@ def test_load_partition_equals_indexing_the_full_split(tiny_fmnist_dir, partitio
 def test_load_partition_rejects_bad_ids(tiny_fmnist_dir, partition_id, num_partitions, match) -> None:
     with pytest.raises(ValueError, match=match):
         load_partition("fashion-mnist", partition_id, num_partitions, "iid", root=tiny_fmnist_dir.root)
+
+
+@pytest.mark.parametrize("holdout_fraction", [0.0, 0.2])
+def test_partition_sizes_are_those_of_load_partition(tiny_fmnist_dir, holdout_fraction: float) -> None:
+    # Prepare
+    args = ("fashion-mnist", 4, "dirichlet")
+    kwargs = {"seed": 1, "root": tiny_fmnist_dir.root, "holdout_fraction": holdout_fraction, "alpha": 0.5}
+
+    # Execute
+    sizes = data.partition_sizes(*args, **kwargs)
+
+    # Assert
+    expected = [len(load_partition(args[0], pid, *args[1:], **kwargs)[1]) for pid in range(4)]
+    assert sizes == tuple(expected)
+    assert sum(sizes) == 100 - round(100 * holdout_fraction)
+
+
+def test_make_partitioner_passes_only_the_arguments_a_class_takes() -> None:
+    # Prepare: flwr-datasets' class built by hand is the oracle.
+    from datasets import Dataset  # noqa: PLC0415
+    from flwr_datasets.partitioner import DirichletPartitioner  # noqa: PLC0415
+
+    table = Dataset.from_dict({"y": np.arange(60) % 3, "writer": np.arange(60) % 4, "idx": np.arange(60)})
+    reference = DirichletPartitioner(3, partition_by="y", alpha=0.3, min_partition_size=0, seed=4)
+
+    # Execute: IidPartitioner takes no seed or partition_by, NaturalIdPartitioner no num_partitions.
+    iid = make_partitioner("iid", 3, partition_by="y", seed=4)
+    natural = make_partitioner("NaturalIdPartitioner", 3, partition_by="writer")
+    dirichlet = make_partitioner("DirichletPartitioner", 3, partition_by="y", seed=4, alpha=0.3, min_partition_size=0)
+    for partitioner in (iid, natural, dirichlet, reference):
+        partitioner.dataset = table
+
+    # Assert
+    assert iid.num_partitions == 3 and natural.num_partitions == 4
+    assert sorted(natural.load_partition(1)["idx"]) == list(range(1, 60, 4))
+    for pid in range(3):
+        assert list(dirichlet.load_partition(pid)["idx"]) == list(reference.load_partition(pid)["idx"])
+
+
+def test_partitioner_names_list_row_partitioners_only() -> None:
+    # Execute
+    names = partitioner_names()
+
+    # Assert
+    assert names[:4] == PARTITIONERS
+    assert {"NaturalIdPartitioner", "DirichletPartitioner", "SizePartitioner"} <= set(names)
+    assert not any(name.startswith("Vertical") or name == "Partitioner" for name in names)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "match"),
+    [
+        ("Random", {}, r"unknown partitioner 'Random'; known: iid, dirichlet, .*NaturalIdPartitioner"),
+        ("VerticalEvenPartitioner", {}, r"unknown partitioner 'VerticalEvenPartitioner'"),
+        ("dirichlet", {"alpha": 0.5, "beta": 1}, r"DirichletPartitioner takes no argument beta; it takes: num_partitions"),
+        ("pathological", {}, r"PathologicalPartitioner\(.*\): .*num_classes_per_partition"),
+    ],
+)
+def test_make_partitioner_rejects_unknown_names_and_arguments(name: str, options: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make_partitioner(name, 3, **options)
 
 
 def test_label_histogram_counts_by_hand() -> None:

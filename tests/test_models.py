@@ -1,4 +1,5 @@
-"""Tests for fedfish.models: architectures, parameter counts, head names, BackPACK."""
+"""Tests for fedfish.models: the registry and import paths, architectures, parameter counts,
+head detection, BackPACK."""
 
 from __future__ import annotations
 
@@ -13,14 +14,9 @@ from torch import nn
 
 from fedfish import models
 from fedfish.layout import ParamLayout
-from fedfish.models import (
-    MODEL_NAMES,
-    FedAvgCNN,
-    build_model,
-    default_device,
-    head_names,
-)
+from fedfish.models import MODELS, build_model, default_device, head_names, register_model, seeded_model
 from fedfish.resnet import CifarResNet18
+from fedfish.small_models import FedAvgCNN, SmallCNN, SmallResNet
 
 
 def _hand_count_cnn(in_channels: int, side: int, num_classes: int) -> int:
@@ -83,22 +79,75 @@ def test_cnn_with_other_input_size_counts_fc1_from_it() -> None:
     assert ParamLayout.of(FedAvgCNN(3, 3, 32)).num_params == _hand_count_cnn(3, 32, 3)
 
 
-@pytest.mark.parametrize(("name", "cls"), [("cnn", FedAvgCNN), ("resnet18", CifarResNet18)])
-def test_build_model_and_head_names(name: str, cls: type) -> None:
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [("cnn", FedAvgCNN), ("small-cnn", SmallCNN), ("small-resnet", SmallResNet), ("resnet18", CifarResNet18)],
+)
+@pytest.mark.parametrize("input_shape", [(1, 28, 28), (3, 32, 32)])
+def test_every_registered_model_takes_classes_and_shape_from_the_data(name: str, cls: type, input_shape) -> None:
     # Execute
-    model = build_model(name, num_classes=6)
+    model = build_model(name, num_classes=100, input_shape=input_shape)
     names = head_names(model)
+    with torch.no_grad():
+        out = model.eval()(torch.randn(2, *input_shape))
 
-    # Assert: the head is the last parameters and produces the 6 logits.
-    assert isinstance(model, cls)
+    # Assert: the head is the last parameters and produces the 100 logits.
+    assert isinstance(model, cls) and out.shape == (2, 100)
     assert names == tuple(ParamLayout.of(model).names[-2:])
-    assert dict(model.named_parameters())[names[0]].shape[0] == 6
+    assert dict(model.named_parameters())[names[0]].shape[0] == 100
+    assert name in MODELS
 
 
-def test_build_model_unknown_name_lists_model_names() -> None:
-    assert MODEL_NAMES == ("cnn", "resnet18")
-    with pytest.raises(ValueError, match=r"name must be one of \('cnn', 'resnet18'\), got 'vgg'"):
-        build_model("vgg")
+class Plain(nn.Module):
+    """A user's model: no head_names, the classifier not called fc*."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.ReLU())
+        self.readout = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.body(x))
+
+
+def plain_factory(num_classes: int) -> nn.Module:
+    """Takes num_classes only: build_model passes what the signature accepts."""
+    return Plain(num_classes)
+
+
+def test_a_model_by_import_path_gets_its_last_linear_as_head() -> None:
+    # Execute
+    model = build_model("tests.test_models:plain_factory", num_classes=3, input_shape=(4,))
+
+    # Assert
+    assert type(model).__name__ == "Plain" and model.readout.out_features == 3  # imported by path, afresh
+    assert head_names(model) == ("readout.weight", "readout.bias")
+
+
+def test_register_model_adds_a_name_once() -> None:
+    # Prepare
+    name = "plain-for-test"
+    if name not in MODELS:
+        register_model(name)(plain_factory)
+
+    # Execute / Assert
+    assert isinstance(build_model(name, 4), Plain)
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(name)(plain_factory)
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("vgg", r"unknown model 'vgg'; registered: \['cnn', .*package.module:attribute"),
+        ("no_such_module_xyz:make", r"cannot import 'no_such_module_xyz'"),
+        ("tests.test_models:nothing_here", r"'tests.test_models' has no attribute 'nothing_here'"),
+        ("tests.test_models:MODELS", r"model 'tests.test_models:MODELS' is not callable"),
+    ],
+)
+def test_bad_model_names_are_refused_naming_what_is_wrong(name: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build_model(name)
 
 
 class _BadHead(nn.Linear):
@@ -108,13 +157,28 @@ class _BadHead(nn.Linear):
 @pytest.mark.parametrize(
     ("model", "match"),
     [
-        (nn.Linear(2, 3), "Linear declares no head_names"),
+        (nn.Sequential(nn.Conv2d(1, 2, 3)), "declares no head_names and has no nn.Linear layer"),
         (_BadHead(2, 3), r"lists non-parameters \['fc.weight'\]"),
     ],
 )
 def test_head_names_rejects_models_without_a_valid_head(model: nn.Module, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         head_names(model)
+
+
+def test_small_resnet_has_batchnorm_buffers_and_the_cnn_none() -> None:
+    assert len(list(SmallResNet().buffers())) == 27 and not list(FedAvgCNN().buffers())
+    assert ParamLayout.of(SmallResNet()).num_params < 100_000
+
+
+def test_seeded_model_is_the_same_in_a_fresh_process() -> None:
+    # The seeded initial model is what every client rebuilds instead of receiving it.
+    code = ("import sys; from fedfish.layout import flatten_params, params_digest; "
+            "from fedfish.models import seeded_model; print(params_digest(flatten_params(seeded_model('cnn', 4))))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+    from fedfish.layout import flatten_params, params_digest
+
+    assert out == params_digest(flatten_params(seeded_model("cnn", 4)))
 
 
 @pytest.mark.parametrize(
@@ -131,7 +195,7 @@ def test_cnn_rejects_bad_arguments(kwargs: dict, match: str) -> None:
 
 
 def test_resnet_rejects_zero_classes() -> None:
-    with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="num_classes and in_channels must be >= 1, got 0, 3"):
         CifarResNet18(num_classes=0)
 
 
