@@ -24,6 +24,7 @@ from fedfish.datasource import check as check_data
 from fedfish.datasource import data_info, load_split
 from fedfish.layout import ParamLayout, buffer_names, load_flat_params, params_digest
 from fedfish.mask_sources import ScoreSettings, mask_source
+from fedfish.masks import k_for_density
 from fedfish.updates import update_rule
 from fedfish.models import build_model, head_names, seeded_model
 from simulations.checkpoint import RoundOffset, ServerState, load_checkpoint, remove_checkpoint, save_checkpoint
@@ -158,12 +159,18 @@ def check_plugins(cfg: RunConfig) -> None:
                 raise ConfigError(f"{key}: {err}") from None
     try:
         model = build_model(cfg.model, _num_classes(cfg), _input_shape(cfg))
-        head_names(model)
+        head = head_names(model)
         with torch.no_grad():
             model.eval()(torch.zeros(2, *_input_shape(cfg)))
     except Exception as err:  # noqa: BLE001 - whatever a user's model raises is reported under its key
         raise ConfigError(f"model: {cfg.model!r} does not build or run on inputs of shape "
                           f"{_input_shape(cfg)}: {type(err).__name__}: {err}") from err
+    layout = ParamLayout.of(model)
+    head_size = int(layout.indicator(head).sum())
+    if cfg.strategy != "fedavg" and head_size > k_for_density(layout.num_params, cfg.density):
+        raise ConfigError(f"density: the classifier head alone ({head_size} parameters) exceeds the mask of "
+                          f"{k_for_density(layout.num_params, cfg.density)}; use density >= "
+                          f"{head_size / layout.num_params:.4f}")
 
 
 def initial_model(cfg: RunConfig) -> torch.nn.Module:

@@ -149,5 +149,5 @@ def _with_dtypes_of(arrays: ArrayRecord | None, reference: ArrayRecord) -> Array
         value = array.numpy()
         if np.issubdtype(expected[key], np.integer):
             value = np.rint(value)
-        out[key] = Array(np.ascontiguousarray(value.astype(expected[key], copy=False)))
+        out[key] = Array(np.array(value, dtype=expected[key]))  # a C-ordered copy; 0-d stays 0-d
     return ArrayRecord(out)

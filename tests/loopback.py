@@ -12,12 +12,19 @@ import contextlib
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 
-from flwr.app import Context, Error, Message, RecordDict
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.run import Run
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 from flwr.supercore.task_identity import TaskIdentity  # the only way to build Messages outside an app
 
+from fedfish.accounting import TrafficLog
+from fedfish.layout import ParamLayout
 from simulations import client_app
+from simulations.config import RunConfig
+from simulations.server_app import build_strategy, client_config, initial_model
+from strategies.metering import MeteredGrid
 
 Handler = Callable[[Message, Context], Message]
 
@@ -91,3 +98,37 @@ class LoopbackGrid(Grid):
             reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
             replies.append(reply)
         return replies
+
+
+def run_strategy(
+    cfg: RunConfig, rounds: int, grid: LoopbackGrid | None = None
+) -> tuple[Strategy, LoopbackGrid, TrafficLog, dict[int, torch.Tensor], dict[int, dict[str, torch.Tensor]]]:
+    """Run ``cfg``'s strategy for ``rounds`` on a LoopbackGrid.
+
+    Returns the strategy, the grid, the byte log, the flat parameters after each round and
+    the whole state (parameters and buffers) the server evaluated after each round.
+    """
+    torch.manual_seed(cfg.seed)
+    model = initial_model(cfg)
+    strategy = build_strategy(cfg, model, max_examples=60000)
+    grid = grid or LoopbackGrid(cfg.num_partitions)
+    traffic = TrafficLog()
+    layout = ParamLayout.of(model)
+    snapshots: dict[int, torch.Tensor] = {}
+    states: dict[int, dict[str, torch.Tensor]] = {}
+
+    def snapshot(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        state = arrays.to_torch_state_dict()
+        states[server_round] = state
+        snapshots[server_round] = torch.cat([state[n].reshape(-1) for n in layout.names])
+        return MetricRecord({})
+
+    with task_identity():
+        strategy.start(
+            grid=MeteredGrid(grid, traffic, model_bytes=4 * layout.num_params),
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=rounds,
+            train_config=ConfigRecord(client_config(cfg)),
+            evaluate_fn=snapshot,
+        )
+    return strategy, grid, traffic, snapshots, states

@@ -9,21 +9,19 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
+from flwr.app import Error, Message
 
 from fedfish import codec
-from fedfish.accounting import TrafficLog
+from fedfish.holding import Holding
 from fedfish.layout import ParamLayout
 from fedfish.masks import Mask
 from fedfish.models import build_model, head_names
-from fedfish.holding import Holding
 from simulations import client_app, client_state
 from simulations.config import RunConfig
-from simulations.server_app import build_strategy, client_config, initial_model
 from strategies import records
 from strategies.fedfish import FedFish
-from strategies.metering import MeteredGrid, wire_bytes
-from tests.loopback import LoopbackGrid, task_identity
+from strategies.metering import wire_bytes
+from tests.loopback import LoopbackGrid, run_strategy
 
 BASE = RunConfig(
     num_partitions=3, samples_per_client=48, batch_size=16, lr=0.05, fisher_samples=16,
@@ -33,27 +31,7 @@ BASE = RunConfig(
 
 def run(cfg: RunConfig, rounds: int, grid: LoopbackGrid | None = None):
     """Run ``cfg``'s strategy for ``rounds`` on a LoopbackGrid; return strategy, grid, log, snapshots."""
-    torch.manual_seed(cfg.seed)
-    model = initial_model(cfg)
-    strategy = build_strategy(cfg, model, max_examples=60000)
-    grid = grid or LoopbackGrid(cfg.num_partitions)
-    traffic = TrafficLog()
-    layout = ParamLayout.of(model)
-    snapshots: dict[int, torch.Tensor] = {}
-
-    def snapshot(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        state = arrays.to_torch_state_dict()
-        snapshots[server_round] = torch.cat([state[n].reshape(-1) for n in layout.names])
-        return MetricRecord({})
-
-    with task_identity():
-        strategy.start(
-            grid=MeteredGrid(grid, traffic, model_bytes=4 * layout.num_params),
-            initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=rounds,
-            train_config=ConfigRecord(client_config(cfg)),
-            evaluate_fn=snapshot,
-        )
+    strategy, grid, traffic, snapshots, _ = run_strategy(cfg, rounds, grid)
     return strategy, grid, traffic, snapshots
 
 
