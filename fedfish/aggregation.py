@@ -12,9 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from fedfish.updates import DecodedUpdate
+
+AGGREGATORS: tuple[str, ...] = ("mean", "median", "trimmed-mean")
+"""``mean`` weights by examples; ``median`` and ``trimmed-mean`` are coordinate-wise and
+unweighted, as Flower's FedMedian and FedTrimmedAvg (a client's weight is a claim too)."""
 
 
 def weighted_mean(updates: Sequence[DecodedUpdate], weights: Sequence[float], num_params: int) -> DecodedUpdate:
@@ -49,6 +54,48 @@ def weighted_mean(updates: Sequence[DecodedUpdate], weights: Sequence[float], nu
     for u in updates:
         union |= u.positions  # type: ignore[arg-type]
     return DecodedUpdate(union, dense[union])  # type: ignore[index]
+
+
+def combine(
+    updates: Sequence[DecodedUpdate],
+    weights: Sequence[float],
+    num_params: int,
+    aggregator: str = "mean",
+    trim_fraction: float = 0.1,
+) -> DecodedUpdate:
+    """The round's change from the clients' changes, by ``aggregator`` (:data:`AGGREGATORS`).
+
+    ``trimmed-mean`` drops ``floor(trim_fraction * n)`` of the largest and of the smallest
+    values of every coordinate (at least one each once there are three changes) before
+    averaging; ``median`` takes the middle value (the mean of the two middle ones for an even
+    count, as numpy does). Both work over the union of positions, a client contributing zero
+    where it sent nothing.
+    """
+    if aggregator not in AGGREGATORS:
+        raise ValueError(f"combine: aggregator must be one of {AGGREGATORS}, got {aggregator!r}")
+    if not 0.0 <= trim_fraction < 0.5:
+        raise ValueError(f"combine: trim_fraction must be in [0, 0.5), got {trim_fraction}")
+    if aggregator == "mean":
+        return weighted_mean(updates, weights, num_params)
+    if not updates:
+        raise ValueError("combine: no updates")
+    first = updates[0].positions
+    if first is not None and all(u.positions is not None and torch.equal(u.positions, first) for u in updates):
+        positions, stacked = first, np.stack([u.values.numpy() for u in updates])
+    else:
+        dense = np.stack([u.dense(num_params).numpy() for u in updates])
+        positions = None if any(u.positions is None for u in updates) else np.any(
+            np.stack([u.positions.numpy() for u in updates]), axis=0)  # type: ignore[union-attr]
+        stacked = dense if positions is None else dense[:, positions]
+        positions = None if positions is None else torch.from_numpy(positions)
+    if aggregator == "median":
+        values = np.median(stacked, axis=0)
+    else:
+        n = stacked.shape[0]
+        cut = int(trim_fraction * n) if n < 3 else max(int(trim_fraction * n), 1)
+        ordered = np.sort(stacked, axis=0)
+        values = ordered[cut : n - cut].mean(axis=0)
+    return DecodedUpdate(positions, torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)))
 
 
 def apply_change(global_params: torch.Tensor, change: DecodedUpdate) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -27,6 +27,8 @@ learns their partition and holdings before it sends anything else. See
 
 from __future__ import annotations
 
+import hashlib
+import io
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -45,6 +47,8 @@ from simulations.results import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = 3  # 3: per-position change history, holdings and mask state in their own records
+# File layout: MAGIC, the sha256 of the rest, then torch.save's bytes: a flipped bit is caught.
+MAGIC = b"FFCKPT3\n"
 # Keys that may differ between the interrupted run and its resumption.
 RESUMABLE_CHANGES = ("resume", "num-server-rounds", "results-dir")
 
@@ -143,7 +147,10 @@ def save_checkpoint(run_dir: Path, state: ServerState) -> Path:
         "traffic": [asdict(r) for r in state.traffic],
         "rows": _plain(state.rows),
     }
-    atomic_write(path, lambda tmp: torch.save(data, tmp))
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    body = buffer.getvalue()
+    atomic_write(path, lambda tmp: tmp.write_bytes(MAGIC + hashlib.sha256(body).digest() + body))
     return path
 
 
@@ -153,12 +160,20 @@ def load_checkpoint(run_dir: Path) -> ServerState | None:
     Raises
     ------
     ValueError
-        The file is not a FedFish checkpoint of a known format.
+        The file is not a FedFish checkpoint of this format, or its digest does not match
+        (a flipped bit, a truncated copy): the message names the file.
     """
     path = Path(run_dir) / CHECKPOINT_NAME
     if not path.is_file():
         return None
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    raw = path.read_bytes()
+    head = len(MAGIC) + hashlib.sha256().digest_size
+    if not raw.startswith(MAGIC):
+        raise ValueError(f"load_checkpoint: {path} is not a format-{FORMAT} FedFish checkpoint")
+    if hashlib.sha256(raw[head:]).digest() != raw[len(MAGIC):head]:
+        raise ValueError(f"load_checkpoint: {path} is damaged (its sha256 does not match its contents); "
+                         "restore it or start the run afresh without resume")
+    data = torch.load(io.BytesIO(raw[head:]), map_location="cpu", weights_only=True)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"load_checkpoint: {path} is not a format-{FORMAT} FedFish checkpoint")
     return ServerState(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from fedfish.aggregation import AGGREGATORS
 from fedfish.dataconfig import DataConfig, DataConfigError
 from fedfish.partition import partitioner_names
 
@@ -89,9 +90,13 @@ class RunConfig:
     fraction_train: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
     fraction_evaluate: float = field(default=0.0, metadata=_range(0.0, 1.0))
     min_replies: int = field(default=1, metadata=_range(1))
-    round_timeout: float = field(default=3600.0, metadata=_range(0.0, lo_open=True))
-    # Reply validation: L2 bound on a client's update (new values minus the global ones; 0 = off)
+    round_timeout: float = field(default=300.0, metadata=_range(0.0, lo_open=True))
+    # Reply validation and robust aggregation (strategies.replies, fedfish.aggregation)
     max_update_norm: float = field(default=0.0, metadata=_range(0.0))
+    update_norm_factor: float = field(default=10.0, metadata=_range(0.0))
+    aggregator: str = field(default="mean", metadata=_choice(*AGGREGATORS))
+    trim_fraction: float = field(default=0.1, metadata=_range(0.0, 0.49))
+    robust_calibration: bool = True
     # Local training
     local_epochs: int = field(default=1, metadata=_range(1))
     batch_size: int = field(default=32, metadata=_range(1))
@@ -115,6 +120,8 @@ class RunConfig:
         if not self.run_name or "/" in self.run_name or self.run_name.startswith("."):
             raise ConfigError(f"run-name: must be a plain folder name, got {self.run_name!r}")
         parse_forget_state(self.fault_forget_state)
+        if 0.0 < self.update_norm_factor <= 1.0:
+            raise ConfigError(f"update-norm-factor: must be > 1 (or 0 = off), got {self.update_norm_factor}")
         try:
             self.data_config()
         except DataConfigError as err:
@@ -258,8 +265,17 @@ KEY_HELP: dict[str, str] = {
     "fraction-train": "fraction of connected nodes sampled per round, in (0, 1]",
     "fraction-evaluate": "fraction of nodes for client-side evaluation (0 = off; the server always evaluates)",
     "min-replies": "valid replies needed to update the model; fewer skips the round",
-    "round-timeout": "seconds to wait for replies",
-    "max-update-norm": "reject a client update whose L2 norm (vs. the global values) exceeds this (0 = off)",
+    "round-timeout": "seconds to wait for a round's replies (a log line every 30 s while waiting); clients that "
+    "have not replied by then count as failed",
+    "max-update-norm": "reject a client's change whose L2 norm exceeds this absolute bound (0 = off)",
+    "update-norm-factor": "reject a client's change whose L2 norm exceeds this multiple of the round's median "
+    "(with 3 replies or more; 0 = off): no tuning, and one client cannot move the median",
+    "aggregator": "how accepted changes combine: `mean` (weighted by examples), `median` or `trimmed-mean` "
+    "(coordinate-wise, unweighted, like Flower's FedMedian and FedTrimmedAvg)",
+    "trim-fraction": "fraction of the largest and of the smallest values `trimmed-mean` (and robust calibration) "
+    "drops per coordinate",
+    "robust-calibration": "combine clients' mask scores so that no client can choose the mask (each scaled to sum 1, "
+    "a trimmed mean); false = the examples-weighted mean",
     "local-epochs": "local epochs per round",
     "batch-size": "local batch size",
     "lr": "local learning rate",

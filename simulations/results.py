@@ -75,6 +75,23 @@ def save_state_dict(path: Path, state: dict[str, torch.Tensor]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+def unfinished_reason(run_dir: str | Path) -> str | None:
+    """Why a finished run is not the run that was asked for (None if it is): skipped rounds
+    (the model was not updated in them) or fewer rounds than ``num-server-rounds`` without
+    an early stop."""
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    rounds = pd.read_csv(run_dir / "rounds.csv")
+    skipped = [int(r) for r in rounds.loc[rounds["skipped"].astype(bool), "round"]]
+    if skipped:
+        return f"{len(skipped)} of {len(rounds) - 1} rounds were skipped (no valid replies): rounds {skipped}"
+    asked = int(config["config"]["num-server-rounds"])
+    last = int(rounds["round"].max())
+    if last < asked and not config["config"].get("stop-patience"):
+        return f"it ended after round {last} of {asked}"
+    return None
+
+
 def read_run(run_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """``(config, rounds, clients)`` of one run folder, as written by the server."""
     run_dir = Path(run_dir)

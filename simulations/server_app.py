@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import secrets
+import threading
 from logging import INFO, WARNING
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from simulations.checkpoint import RoundOffset, ServerState, load_checkpoint, re
 from simulations.config import ConfigError, RunConfig
 from simulations.early_stop import Converged, Plateau
 from simulations.recorder import RoundRecorder
-from simulations.results import save_state_dict, write_bytes, write_json
+from simulations.results import save_state_dict, unfinished_reason, write_bytes, write_json
 from strategies.fedavg import CountingFedAvg
 from strategies.fedfish import FedFish
 from strategies.metering import MeteredGrid
@@ -57,11 +58,15 @@ METHODS = {
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Entry point of ``flwr run``."""
-    run_federation(grid, RunConfig.from_mapping(context.run_config))
+    """Entry point of ``flwr run``: a config error, an interruption or skipped rounds raise, so
+    that Flower records the run as failed (``python -m simulations.flwr_run`` exits non-zero)."""
+    run_dir = run_federation(grid, RunConfig.from_mapping(context.run_config))
+    reason = unfinished_reason(run_dir)
+    if reason is not None:
+        raise RuntimeError(f"run {run_dir.name!r} did not finish as asked: {reason}")
 
 
-def run_federation(grid: Grid, cfg: RunConfig) -> Path:
+def run_federation(grid: Grid, cfg: RunConfig, stop: threading.Event | None = None) -> Path:
     """Run a whole federation on ``grid``; returns the results folder.
 
     After every round the server's state is checkpointed (:mod:`simulations.checkpoint`);
@@ -77,8 +82,8 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     layout = ParamLayout.of(model)
     run_dir = Path(cfg.results_dir) / cfg.run_name
     traffic = TrafficLog()
-    metered = MeteredGrid(grid, traffic, model_bytes=4 * layout.num_params)
-    strategy = build_strategy(cfg, model, max_examples=max(data_info(cfg.data_config()).partition_sizes))
+    metered = MeteredGrid(grid, traffic, model_bytes=4 * layout.num_params, stop=stop)
+    strategy = build_strategy(cfg, model)
     test_x, test_y = load_split(cfg.data_config(), "test")
     if cfg.eval_samples:
         test_x, test_y = test_x[: cfg.eval_samples], test_y[: cfg.eval_samples]
@@ -181,7 +186,12 @@ def initial_model(cfg: RunConfig) -> torch.nn.Module:
         path = Path(cfg.initial_model)
         if not path.is_file():
             raise ConfigError(f"initial-model: no such file {str(path)!r}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - pickle, zip and torch errors alike: the file is no state_dict
+            raise ConfigError(f"initial-model: {path} is not a saved state_dict ({type(err).__name__}: {err})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ConfigError(f"initial-model: {path} holds a {type(state).__name__}, not a state_dict of tensors")
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
@@ -197,13 +207,29 @@ def client_config(cfg: RunConfig) -> dict[str, int | float | str | bool | list[i
     }
 
 
-def build_strategy(cfg: RunConfig, model: torch.nn.Module, *, max_examples: int) -> Strategy:
+def examples_bound(cfg: RunConfig):  # noqa: ANN201 - a closure
+    """partition -> the most examples its replies may claim: its shard, as the server partitions
+    the same data (capped by ``samples-per-client``); None for a partition it does not know."""
+    sizes = data_info(cfg.data_config()).partition_sizes
+    cap = cfg.samples_per_client or None
+
+    def bound(partition: int) -> int | None:
+        if not 0 <= partition < len(sizes):
+            return None
+        return min(sizes[partition], cap) if cap else sizes[partition]
+
+    return bound
+
+
+def build_strategy(cfg: RunConfig, model: torch.nn.Module) -> Strategy:
     """The strategy named by ``cfg.strategy``; every one exposes ``round_stats``."""
     if cfg.strategy == "fedavg":
         return CountingFedAvg(
             min_replies=cfg.min_replies,
-            max_examples=max_examples,
+            examples_bound=examples_bound(cfg),
+            num_partitions=cfg.num_partitions,
             max_update_norm=cfg.max_update_norm or None,
+            update_norm_factor=cfg.update_norm_factor or None,
             seed=cfg.seed,
             enrol_config={"run-name": cfg.run_name, "run-token": secrets.token_hex(16), "client-state-dir": ""},
             round_timeout=cfg.round_timeout,
@@ -233,9 +259,14 @@ def build_strategy(cfg: RunConfig, model: torch.nn.Module, *, max_examples: int)
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
         min_replies=cfg.min_replies,
-        max_examples=max_examples,
+        examples_bound=examples_bound(cfg),
+        num_partitions=cfg.num_partitions,
         round_timeout=cfg.round_timeout,
         max_update_norm=cfg.max_update_norm or None,
+        update_norm_factor=cfg.update_norm_factor or None,
+        aggregator=cfg.aggregator,
+        trim_fraction=cfg.trim_fraction,
+        robust_calibration=cfg.robust_calibration,
         seed=cfg.seed,
         public_base=cfg.public_initial_model,
         buffer_names=buffer_names(model),

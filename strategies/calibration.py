@@ -3,8 +3,11 @@
 A data-based mask source (Fisher, saliency) computed by clients comes back as one score
 payload per client: dense (fp32/fp16) or sparse (each client's top-k' entries). Each is
 decoded and checked here (finite, non-negative, the model's length) before anything is
-combined; a client's scores are a mean over its examples, so they are weighted by how
-many examples it used.
+combined. Combining must not let one client choose the mask: each client's scores are
+scaled to sum 1 (so none outweighs the others by its scale or its claimed examples), then
+averaged coordinate by coordinate after dropping the largest and the smallest values
+(a trimmed mean), so a client that puts all its mass on positions of its choice moves
+the mask by little; tests/test_robustness.py measures how little.
 """
 
 from __future__ import annotations
@@ -35,9 +38,25 @@ def decode_scores(reply: Reply, num_params: int) -> torch.Tensor:
     return scores
 
 
-def combine_scores(batch: ReplyBatch) -> torch.Tensor | None:
-    """The example-weighted mean of the accepted clients' scores; None if none was accepted."""
-    if not batch.accepted:
+def combine_scores(batch: ReplyBatch, trim_fraction: float = 0.1, robust: bool = True) -> torch.Tensor | None:
+    """The accepted clients' scores combined into one vector; None if none is usable.
+
+    ``robust``: each client's scores scaled to sum 1, then a coordinate-wise trimmed mean that
+    drops ``floor(trim_fraction * n)`` values at each end of every coordinate, at least one
+    once there are three clients (below three nothing can be trimmed: the plain mean); clients
+    whose scores are all zero carry no information and are left out. Otherwise the
+    examples-weighted mean (each client's scores are a mean over its examples), which one
+    client can steer.
+    """
+    if not robust:
+        if not batch.accepted:
+            return None
+        total = sum(reply.num_examples for reply, _ in batch.accepted)
+        return sum(scores * (reply.num_examples / total) for reply, scores in batch.accepted)  # type: ignore[return-value]
+    normalised = [scores / scores.sum() for _, scores in batch.accepted if float(scores.sum()) > 0]
+    if not normalised:
         return None
-    total = sum(reply.num_examples for reply, _ in batch.accepted)
-    return sum(scores * (reply.num_examples / total) for reply, scores in batch.accepted)  # type: ignore[return-value]
+    n = len(normalised)
+    cut = max(int(trim_fraction * n), 1) if n >= 3 else 0
+    ordered = torch.sort(torch.stack(normalised), dim=0).values
+    return ordered[cut : n - cut].mean(dim=0)

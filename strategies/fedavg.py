@@ -15,7 +15,7 @@ Its bytes are measured like everyone's, by :class:`strategies.metering.MeteredGr
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import WARNING
 
 import numpy as np
@@ -26,7 +26,7 @@ from flwr.supercore import log
 
 from strategies import records
 from strategies.holdings import NodeHoldings, wait_for_nodes
-from strategies.replies import check_array_replies
+from strategies.replies import ReplyBatch, ReplyRules, check_array_replies
 from strategies.stats import RoundStats
 
 
@@ -37,10 +37,15 @@ class CountingFedAvg(FedAvg):
     ----------
     min_replies : int (default: 1)
         Valid replies needed to update the model; with fewer the round is skipped.
-    max_examples : int | None (default: None)
-        Largest credible ``num-examples`` in a reply.
+    examples_bound : Callable[[int], int | None] | None (default: None)
+        Largest credible ``num-examples`` of a partition's reply (its shard size).
+    num_partitions : int | None (default: None)
+        Partition ids a reply may claim are below this.
     max_update_norm : float | None (default: None)
         Bound on the L2 norm of (reply model - global model); None = no bound.
+    update_norm_factor : float | None (default: 10.0)
+        With three replies or more, reject a change whose norm exceeds this multiple of the
+        round's median; None = off.
     seed : int (default: 0)
         Seed of node sampling.
     enrol_config : dict[str, int | float | str | bool] | None (default: None)
@@ -55,11 +60,13 @@ class CountingFedAvg(FedAvg):
         self,
         *,
         min_replies: int = 1,
-        max_examples: int | None = None,
+        examples_bound: Callable[[int], int | None] | None = None,
+        num_partitions: int | None = None,
         max_update_norm: float | None = None,
+        update_norm_factor: float | None = 10.0,
         seed: int = 0,
         enrol_config: dict[str, int | float | str | bool] | None = None,
-        round_timeout: float = 3600.0,
+        round_timeout: float = 300.0,
         **kwargs: object,
     ) -> None:
         if min_replies < 1:
@@ -68,12 +75,13 @@ class CountingFedAvg(FedAvg):
             raise ValueError(f"CountingFedAvg: max_update_norm must be > 0 or None, got {max_update_norm}")
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.min_replies = min_replies
-        self.max_examples = max_examples
-        self.max_update_norm = max_update_norm
+        self.rules = dict(examples_bound=examples_bound, num_partitions=num_partitions,
+                          max_update_norm=max_update_norm, norm_factor=update_norm_factor)
         self.round_stats: dict[int, RoundStats] = {}
         self._global: ArrayRecord | None = None
-        self.holdings = NodeHoldings(public_base=False, seed=seed)
+        self.holdings = NodeHoldings(public_base=False, seed=seed, num_partitions=num_partitions)
         self.enrol_config = dict(enrol_config or {})
+        self._enrolment = ReplyBatch()
         self.round_timeout = round_timeout
 
     def configure_train(
@@ -96,13 +104,15 @@ class CountingFedAvg(FedAvg):
         """Validate and order the replies, then aggregate the valid ones as FedAvg does."""
         if self._global is None:
             raise RuntimeError("CountingFedAvg: aggregate_train before configure_train")
-        batch, valid = check_array_replies(
-            replies, self._global, max_examples=self.max_examples,
-            max_update_norm=self.max_update_norm, weighted_by_key=self.weighted_by_key,
-        )
+        rules = ReplyRules(partition_of=self.holdings.partition_of, **self.rules)  # type: ignore[arg-type]
+        batch, valid = check_array_replies(replies, self._global, rules=rules, weighted_by_key=self.weighted_by_key)
+        # The round's enrolment counts too: a node that failed it or claimed a partition not its own.
+        enrolment, self._enrolment = self._enrolment, ReplyBatch()
         stats = RoundStats(
-            phase="train", mask_density=1.0, clients_ok=len(batch.accepted), clients_failed=batch.failed,
-            clients_rejected=len(batch.rejected), rejections=list(batch.rejected),
+            phase="train", mask_density=1.0, clients_ok=len(batch.accepted),
+            clients_failed=batch.failed + enrolment.failed,
+            clients_rejected=len(batch.rejected) + len(enrolment.rejected),
+            rejections=[*enrolment.rejected, *batch.rejected],
         )
         self.round_stats[server_round] = stats
         if len(batch.accepted) < self.min_replies:
@@ -128,8 +138,8 @@ class CountingFedAvg(FedAvg):
             return []
         nodes = wait_for_nodes(grid, self.min_available_nodes)
         enrol = self.enrol_config | {"server-round": server_round, "phase": "enrol"}
-        self.holdings.enrol(grid, nodes, lambda: records.downlink(enrol, {}), current_model=0, current_mask=-1,
-                            timeout=self.round_timeout)
+        self._enrolment = self.holdings.enrol(grid, nodes, lambda: records.downlink(enrol, {}), current_model=0,
+                                              current_mask=-1, timeout=self.round_timeout)
         sampled = self.holdings.sample(nodes, fraction)
         # A copy: the caller's ConfigRecord is shared by every round.
         config = ConfigRecord(dict(config) | {"server-round": server_round})

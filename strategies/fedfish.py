@@ -20,7 +20,7 @@ the mask's life cycle is :mod:`strategies.masking`.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 
 import torch
@@ -30,7 +30,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from fedfish import codec
-from fedfish.aggregation import apply_change, weighted_mean
+from fedfish.aggregation import AGGREGATORS, apply_change, combine
 from fedfish.layout import ParamLayout
 from fedfish.mask_sources import mask_source as find_mask_source
 from fedfish.sync import ChangeHistory
@@ -40,7 +40,7 @@ from strategies.calibration import combine_scores, decode_scores
 from strategies.downlink import DownlinkEncoder
 from strategies.holdings import NodeHoldings, wait_for_nodes
 from strategies.masking import MaskState, ServerScores
-from strategies.replies import ReplyBatch, check_replies
+from strategies.replies import ReplyBatch, ReplyRules, check_replies
 from strategies.stats import RoundStats
 
 TRAIN, EVALUATE, SCORES = "train.fedfish", "evaluate.fedfish", "query.scores"
@@ -91,12 +91,26 @@ class FedFish(Strategy):
         Valid replies needed to update the model; with fewer the round is skipped.
     min_available_nodes : int (default: 1)
         Wait for this many connected nodes before sampling.
-    max_examples : int | None (default: None)
-        Largest credible ``num-examples`` in a reply.
-    round_timeout : float (default: 3600)
+    examples_bound : Callable[[int], int | None] | None (default: None)
+        Largest credible ``num-examples`` of a partition's reply (its shard size).
+    num_partitions : int | None (default: None)
+        Partition ids a reply may claim are below this.
+    round_timeout : float (default: 300)
         Seconds to wait for enrolment and calibration replies.
     max_update_norm : float | None (default: None)
         Reject a training reply whose change has a larger L2 norm; None = no bound.
+    update_norm_factor : float | None (default: 10.0)
+        With three replies or more, reject a change whose L2 norm exceeds this multiple of the
+        round's median; None = off.
+    aggregator : str (default: "mean")
+        How accepted changes are combined: ``mean`` (weighted by examples), ``median`` or
+        ``trimmed-mean`` (coordinate-wise, unweighted, as Flower's FedMedian and FedTrimmedAvg).
+    trim_fraction : float (default: 0.1)
+        Fraction of the largest and of the smallest values dropped per coordinate by
+        ``trimmed-mean`` and by robust calibration.
+    robust_calibration : bool (default: True)
+        Combine clients' mask scores so that none can choose the mask (unit-sum scores, a
+        trimmed mean: :mod:`strategies.calibration`); False = the examples-weighted mean.
     seed : int (default: 0)
         Seed of random masks and of node sampling.
     public_base : bool (default: False)
@@ -134,9 +148,14 @@ class FedFish(Strategy):
         fraction_evaluate: float = 0.0,
         min_replies: int = 1,
         min_available_nodes: int = 1,
-        max_examples: int | None = None,
-        round_timeout: float = 3600.0,
+        examples_bound: Callable[[int], int | None] | None = None,
+        num_partitions: int | None = None,
+        round_timeout: float = 300.0,
         max_update_norm: float | None = None,
+        update_norm_factor: float | None = 10.0,
+        aggregator: str = "mean",
+        trim_fraction: float = 0.1,
+        robust_calibration: bool = True,
         seed: int = 0,
         public_base: bool = False,
         buffer_names: tuple[str, ...] = (),
@@ -149,6 +168,7 @@ class FedFish(Strategy):
         _check_choice("value_dtype", value_dtype, codec.VALUE_DTYPES)
         _check_choice("fisher_source", fisher_source, ("client", "server"))
         _check_choice("buffers", buffers, BUFFER_MODES)
+        _check_choice("aggregator", aggregator, AGGREGATORS)
         if not 0.0 < density <= 1.0:
             raise ValueError(f"FedFish: density must be in (0, 1], got {density}")
         if not 0.0 < fraction_train <= 1.0:
@@ -162,6 +182,8 @@ class FedFish(Strategy):
             )
         if max_update_norm is not None and not max_update_norm > 0:
             raise ValueError(f"FedFish: max_update_norm must be > 0 or None, got {max_update_norm}")
+        if update_norm_factor is not None and not update_norm_factor > 1:
+            raise ValueError(f"FedFish: update_norm_factor must be > 1 or None, got {update_norm_factor}")
         if head.dtype != torch.bool or head.shape != (layout.num_params,):
             raise ValueError(f"FedFish: head must be a bool vector of {layout.num_params} entries")
         scores_on_server = source.kind == "model" or (source.kind == "data" and fisher_source == "server")
@@ -183,12 +205,17 @@ class FedFish(Strategy):
         self.fraction_evaluate = fraction_evaluate
         self.min_replies = min_replies
         self.min_available_nodes = min_available_nodes
-        self.max_examples = max_examples
+        self.examples_bound = examples_bound
+        self.num_partitions = num_partitions
         self.round_timeout = round_timeout
         self.max_update_norm = max_update_norm
+        self.update_norm_factor = update_norm_factor
+        self.aggregator = aggregator
+        self.trim_fraction = trim_fraction
+        self.robust_calibration = robust_calibration
         self.masks = MaskState(source=source, layout=layout, head=head, density=density, scope=mask_scope,
                                refresh=mask_refresh, seed=seed)
-        self.holdings = NodeHoldings(public_base=public_base, seed=seed)
+        self.holdings = NodeHoldings(public_base=public_base, seed=seed, num_partitions=num_partitions)
         self.history = ChangeHistory(layout.num_params)
         self.round_stats: dict[int, RoundStats] = {}
         self._global: torch.Tensor | None = None
@@ -257,12 +284,9 @@ class FedFish(Strategy):
         batch = check_replies(
             replies,
             decode=decode,
-            max_examples=self.max_examples,
+            rules=self._rules(model_version=self.history.version, norms=True),
             required_payloads=("update", "buffers") if self.syncs_buffers else ("update",),
-            max_model_version=self.history.version,
-            model_version=self.history.version,
             update_norm=_change_norm,
-            max_update_norm=self.max_update_norm,
         )
         self._count(stats, batch)
         stats.clients_ok = len(batch.accepted)
@@ -272,7 +296,8 @@ class FedFish(Strategy):
             stats.skipped = True
             return None, batch.metrics()
         weights = [reply.num_examples for reply, _ in batch.accepted]
-        change = weighted_mean([update for _, (update, _) in batch.accepted], weights, self.layout.num_params)
+        updates = [update for _, (update, _) in batch.accepted]
+        change = combine(updates, weights, self.layout.num_params, self.aggregator, self.trim_fraction)
         new_global, changed = apply_change(self._current(), change)
         if self.syncs_buffers:
             # Buffers are averaged like FedAvg averages them (running statistics, not changes).
@@ -300,9 +325,7 @@ class FedFish(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Sample-weighted evaluation metrics of the valid replies."""
-        batch = check_replies(
-            replies, decode=None, max_examples=self.max_examples, max_model_version=self.history.version
-        )
+        batch = check_replies(replies, decode=None, rules=self._rules())
         self.holdings.note_acks(batch)
         return batch.metrics() if batch.accepted else None
 
@@ -368,9 +391,13 @@ class FedFish(Strategy):
         enrol_config = {key: self.client_config[key] for key in ENROL_KEYS if key in self.client_config}
         enrol_config |= {"server-round": server_round, "phase": "enrol"}
         current_mask = self.masks.mask.version if self.masks.mask is not None else -1
-        self.holdings.enrol(grid, nodes, lambda: records.downlink(enrol_config, {}),
-                            current_model=self.history.version, current_mask=current_mask,
-                            timeout=self.round_timeout)
+        enrolled = self.holdings.enrol(grid, nodes, lambda: records.downlink(enrol_config, {}),
+                                       current_model=self.history.version, current_mask=current_mask,
+                                       timeout=self.round_timeout)
+        stats = self.round_stats.setdefault(server_round, RoundStats())
+        stats.clients_failed += enrolled.failed
+        stats.clients_rejected += len(enrolled.rejected)
+        stats.rejections.extend(enrolled.rejected)
         return self.holdings.sample(nodes, fraction)
 
     def _build_mask(self, server_round: int, nodes: list[int], grid: Grid) -> bool:
@@ -396,10 +423,18 @@ class FedFish(Strategy):
         ]
         replies = grid.send_and_receive(messages, timeout=self.round_timeout)
         batch = check_replies(replies, decode=lambda reply: decode_scores(reply, self.layout.num_params),
-                              max_examples=self.max_examples, required_payloads=("scores",),
-                              max_model_version=self.history.version)
+                              rules=self._rules(), required_payloads=("scores",))
         self._count(self.round_stats[server_round], batch)
-        return combine_scores(batch)
+        return combine_scores(batch, self.trim_fraction, self.robust_calibration)
+
+    def _rules(self, *, model_version: int | None = None, norms: bool = False) -> ReplyRules:
+        """What replies may claim: the enrolled partition, its shard size, versions, norm bounds."""
+        return ReplyRules(
+            examples_bound=self.examples_bound, partition_of=self.holdings.partition_of,
+            num_partitions=self.num_partitions, max_model_version=self.history.version, model_version=model_version,
+            max_update_norm=self.max_update_norm if norms else None,
+            norm_factor=self.update_norm_factor if norms else None,
+        )
 
     def _count(self, stats: RoundStats, batch: ReplyBatch) -> None:
         """Note what replying nodes hold and add the batch's failures to the round's counts."""

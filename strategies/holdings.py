@@ -25,7 +25,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from strategies import records
-from strategies.replies import ReplyBatch, check_replies
+from strategies.replies import ReplyBatch, ReplyRules, check_claims
 
 ENROL = "query.enrol"
 
@@ -39,10 +39,13 @@ class NodeHoldings:
         Nodes can rebuild version 0 themselves: one never heard from holds version 0.
     seed : int
         Seed of node sampling.
+    num_partitions : int | None (default: None)
+        Partitions a node may claim are below this.
     """
 
-    def __init__(self, *, public_base: bool, seed: int) -> None:
+    def __init__(self, *, public_base: bool, seed: int, num_partitions: int | None = None) -> None:
         self.public_base = public_base
+        self.num_partitions = num_partitions
         self.rng = random.Random(seed)  # node sampling; checkpointed with the state
         self.partition_of: dict[int, int] = {}  # node id -> partition id
         self.held_model: dict[int, int] = {}  # partition -> model version it acknowledged
@@ -60,11 +63,13 @@ class NodeHoldings:
         return held_model, held_mask
 
     def sample(self, nodes: list[int], fraction: float) -> list[int]:
-        """``max(int(len * fraction), 1)`` nodes drawn with the seeded RNG over partition order
-        (nodes that failed to enrol last, by node id), returned in that order."""
-        ordered = sorted(nodes, key=self._order)
-        size = max(int(len(ordered) * fraction), 1)
-        return sorted(self.rng.sample(ordered, size), key=self._order)
+        """``max(int(len * fraction), 1)`` of the enrolled nodes, drawn with the seeded RNG over
+        partition order and returned in that order (a node without a partition takes no part)."""
+        enrolled = sorted((node for node in nodes if node in self.partition_of), key=self.partition_of.__getitem__)
+        if not enrolled:
+            return []
+        size = max(int(len(enrolled) * fraction), 1)
+        return sorted(self.rng.sample(enrolled, size), key=self.partition_of.__getitem__)
 
     def enrol(
         self,
@@ -75,21 +80,28 @@ class NodeHoldings:
         current_model: int,
         current_mask: int,
         timeout: float,
-    ) -> None:
-        """Ask nodes the server has not heard from for their partition and holdings.
+    ) -> ReplyBatch:
+        """Ask nodes the server has not heard from for their partition and holdings; returns
+        the enrolment replies sorted out (failures and rejected claims count in the round).
 
-        A node's claim only ever lowers what the server assumes it holds: a node that
-        got the next version in a round the server did not checkpoint is sent that
-        round's delta again (harmless, and the resumed run's traffic equals an
-        uninterrupted one's), and a claimed mask newer than the server's (rebuilt in such a
-        round) counts as no mask.
+        A node's partition is fixed here, once: a partition that another connected node holds,
+        or that two new nodes claim at once, is given to none of them (logged), so that no
+        node can take over another's identity; nodes that leave free theirs. A node's claim
+        only ever lowers what the server assumes it holds: a node that got the next version
+        in a round the server did not checkpoint is sent that round's delta again (harmless,
+        and the resumed run's traffic equals an uninterrupted one's), and a claimed mask newer
+        than the server's (rebuilt in such a round) counts as no mask.
         """
-        unknown = [node for node in nodes if node not in self.partition_of]
+        connected = set(nodes)
+        self.partition_of = {node: p for node, p in self.partition_of.items() if node in connected}
+        unknown = sorted(connected - set(self.partition_of))
         if not unknown:
-            return
+            return ReplyBatch()
         messages = [Message(content=content(), message_type=ENROL, dst_node_id=node) for node in unknown]
         replies = grid.send_and_receive(messages, timeout=timeout)
-        batch = check_replies(replies, decode=None, min_examples=0, max_model_version=current_model)
+        batch = check_claims(replies, ReplyRules(min_examples=0, max_model_version=current_model,
+                                                 num_partitions=self.num_partitions),
+                             taken=set(self.partition_of.values()))
         for reply, _ in batch.accepted:
             self.partition_of[reply.node_id] = reply.partition_id
             held = ((self.held_model, reply.model_version, current_model),
@@ -100,6 +112,7 @@ class NodeHoldings:
                 else:
                     holdings.pop(reply.partition_id, None)
         log(INFO, "Enrolled %d of %d new node(s)", len(batch.accepted), len(unknown))
+        return batch
 
     def note_acks(self, batch: ReplyBatch) -> None:
         """Record what replying nodes now hold; nodes that lost their state hold nothing."""
@@ -134,9 +147,6 @@ class NodeHoldings:
         self.no_public_base = set(state["no_public_base"])  # type: ignore[arg-type]
         self.rng.setstate(state["rng"])  # type: ignore[arg-type]
 
-    def _order(self, node: int) -> tuple[int, int]:
-        partition = self.partition_of.get(node)
-        return (0, partition) if partition is not None else (1, node)
 
 
 def wait_for_nodes(grid: Grid, minimum: int) -> list[int]:

@@ -5,16 +5,27 @@ receives through it (training, evaluation, calibration queries; FedFish or Flowe
 FedAvg) is measured once, as Flower serializes the Message (``flwr.common.serde``),
 and appended to a :class:`fedfish.accounting.TrafficLog`. Strategies therefore never
 count bytes themselves, and no strategy can forget to.
+
+It also owns the waiting: ``send_and_receive`` pushes, then polls for replies, logging a
+line every 30 s while it waits; a node that has not replied by the timeout gets an error
+reply in its stead (so it counts as failed, like one that crashed), and a stop request
+(SIGINT/SIGTERM, :data:`stop`) ends the wait at once with :class:`RunInterrupted`, before
+the round is aggregated or checkpointed.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable
+from logging import INFO
 
-from flwr.app import Message, MessageType
+from flwr.app import Error, Message, MessageType
 from flwr.common.serde import message_to_proto
 from flwr.supercore.run import Run
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
+from flwr.supercore import log
 
 from fedfish.accounting import TrafficLog, TrafficRecord
 from strategies.records import CONFIG
@@ -28,6 +39,12 @@ _PHASE_OF_TYPE = {
 # ``one_time_bytes`` so that analyses can set them apart from the recurring per-round cost.
 _ONE_TIME_PAYLOADS = ("mask", "model-dense")
 _ONE_TIME_PHASES = ("enrol", "calibration")
+WAIT_LOG_SECONDS = 30.0
+POLL_SECONDS = 0.1
+
+
+class RunInterrupted(Exception):  # noqa: N818 - the run was stopped, not an error of its own
+    """A stop was requested while waiting for replies; the round in progress does not count."""
 
 
 _ID_FIELDS = ("run_id", "src_node_id", "dst_node_id", "src_task_id", "dst_task_id")
@@ -101,12 +118,15 @@ class MeteredGrid(Grid):
     model_bytes : int
         Dense fp32 size of the model in bytes: the dense-equivalent of any message that
         carries a model or a per-parameter vector (all but evaluation replies and enrolment).
+    stop : threading.Event | None (default: None)
+        Set to end the run: the next wait raises :class:`RunInterrupted`.
     """
 
-    def __init__(self, grid: Grid, traffic: TrafficLog, model_bytes: int) -> None:
+    def __init__(self, grid: Grid, traffic: TrafficLog, model_bytes: int, stop: threading.Event | None = None) -> None:
         self._grid = grid
         self.traffic = traffic
         self.model_bytes = model_bytes
+        self.stop = stop or threading.Event()
         # message id -> (server round, phase, message type, destination) of outstanding instructions
         self._sent: dict[str, tuple[int, str, str, int]] = {}
 
@@ -152,15 +172,52 @@ class MeteredGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """Send, wait for replies and log both directions."""
+        """Send, wait for replies (or the timeout, or a stop) and log both directions.
+
+        Every message gets a reply: a node's own, or an error saying it did not answer in time.
+        """
         messages = list(messages)
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self._check_stop()
+        try:
+            ids = list(self._grid.push_messages(messages))
+        except NotImplementedError:  # an in-process Grid (tests) that only sends and receives at once
+            replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+            self._log_sent(messages)
+            self._log_replies(replies)
+            answered = {r.metadata.reply_to_message_id for r in replies}
+            return replies + self._timed_out([m for m in messages if m.metadata.message_id not in answered], timeout)
         self._log_sent(messages)
-        self._log_replies(replies)
-        # Instructions that got no reply stay unanswered: forget them.
-        for m in messages:
-            self._sent.pop(m.metadata.message_id, None)
-        return replies
+        pending = dict(zip(ids, messages, strict=True))
+        replies: list[Message] = []
+        start = last_log = time.monotonic()
+        while pending:
+            self._check_stop()
+            got = list(self.pull_messages(list(pending)))
+            replies += got
+            for reply in got:
+                pending.pop(reply.metadata.reply_to_message_id, None)
+            now = time.monotonic()
+            if not pending or (timeout is not None and now - start >= timeout):
+                break
+            if now - last_log >= WAIT_LOG_SECONDS:
+                log(INFO, "Waiting for %d of %d replies (%.0f s of a %s s round-timeout)",
+                    len(pending), len(messages), now - start, f"{timeout:g}" if timeout is not None else "no")
+                last_log = now
+            time.sleep(POLL_SECONDS)
+        return replies + self._timed_out(list(pending.values()), timeout)
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise RunInterrupted("stop requested; the round in progress is dropped")
+
+    def _timed_out(self, messages: list[Message], timeout: float | None) -> list[Message]:
+        """An error reply in place of each unanswered instruction (not on the wire: not logged)."""
+        out = []
+        for message in messages:
+            self._sent.pop(message.metadata.message_id, None)
+            reason = f"no reply within the round-timeout of {timeout:g} s" if timeout is not None else "no reply"
+            out.append(Message(Error(code=ErrorCode.REPLY_MESSAGE_UNAVAILABLE, reason=reason), reply_to=message))
+        return out
 
     def _log_sent(self, messages: list[Message]) -> None:
         for m in messages:

@@ -102,9 +102,7 @@ def uplink(  # noqa: PLR0913 - one argument per ack field
     )
 
 
-def parse_reply(
-    message: Message, *, required_payloads: tuple[str, ...], max_examples: int | None = None, min_examples: int = 1
-) -> Reply:
+def parse_reply(message: Message, *, required_payloads: tuple[str, ...], min_examples: int = 1) -> Reply:
     """Check a reply's structure and scalars; payload *contents* are checked by the codec.
 
     Parameters
@@ -113,8 +111,6 @@ def parse_reply(
         A reply without error (errored replies are filtered before this).
     required_payloads : tuple[str, ...]
         Payload keys an ``ok`` reply must carry.
-    max_examples : int | None (default: None)
-        Upper bound on ``num-examples`` (a client cannot claim more data than exists).
     min_examples : int (default: 1)
         Lower bound on ``num-examples`` of an ``ok`` reply (0 for enrolment, which trains nothing).
 
@@ -153,8 +149,6 @@ def parse_reply(
     if status == STATUS_OK:
         if not _is_int(num_examples) or num_examples < min_examples:
             raise reject(f"num-examples must be an int >= {min_examples}, got {num_examples!r}")
-        if max_examples is not None and num_examples > max_examples:
-            raise reject(f"num-examples {num_examples} exceeds the bound {max_examples}")
         missing = [k for k in required_payloads if k not in payloads]
         if missing:
             raise reject(f"missing payload(s) {missing}")

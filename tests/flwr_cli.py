@@ -18,22 +18,28 @@ from simulations.deploy import descendants, free_port
 REPO = Path(__file__).resolve().parents[1]
 
 
-def flwr_run(flwr_home: Path, run_config: str, num_supernodes: int, timeout: float = 400) -> subprocess.CompletedProcess:
-    """``flwr run . --stream --run-config <run_config>`` with a local connection of ``num_supernodes``."""
+def flwr_env(flwr_home: Path, num_supernodes: int) -> dict[str, str]:
+    """Environment for Flower's CLI with a local simulation connection of ``num_supernodes``
+    in ``flwr_home`` (free ports, no telemetry)."""
     (flwr_home / "config.toml").write_text(
         '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
         f"options.num-supernodes = {num_supernodes}\n"
     )
-    env = os.environ | {
+    return os.environ | {
         "FLWR_HOME": str(flwr_home),
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
         "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
         "FLWR_TELEMETRY_ENABLED": "0",
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
+
+
+def flwr_run(flwr_home: Path, run_config: str, num_supernodes: int, timeout: float = 400) -> subprocess.CompletedProcess:
+    """``flwr run . --stream --run-config <run_config>`` with a local connection of ``num_supernodes``."""
     return subprocess.run(
         [str(Path(sys.executable).parent / "flwr"), "run", ".", "--stream", "--run-config", run_config],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        cwd=REPO, env=flwr_env(flwr_home, num_supernodes), capture_output=True, text=True, timeout=timeout,
+        check=False,
     )
 
 

@@ -110,7 +110,7 @@ def run_strategy(
     """
     torch.manual_seed(cfg.seed)
     model = initial_model(cfg)
-    strategy = build_strategy(cfg, model, max_examples=60000)
+    strategy = build_strategy(cfg, model)
     grid = grid or LoopbackGrid(cfg.num_partitions)
     traffic = TrafficLog()
     layout = ParamLayout.of(model)

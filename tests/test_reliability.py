@@ -31,7 +31,7 @@ from simulations.server_app import run_federation
 from strategies import records
 from strategies.fedavg import CountingFedAvg
 from strategies.fedfish import FedFish
-from strategies.replies import check_array_replies, check_replies
+from strategies.replies import ReplyRules, check_array_replies, check_replies
 from tests.loopback import LoopbackGrid, task_identity
 from tests.resume_checks import assert_resumed_equals_uninterrupted
 
@@ -150,8 +150,11 @@ MALFORMED = (
 
 def _strategy() -> FedFish:
     strategy = FedFish(layout=LAYOUT, head=torch.zeros(P, dtype=torch.bool), client_config={},
-                       max_examples=MAX_EXAMPLES, max_update_norm=MAX_NORM, min_replies=1)
+                       examples_bound=lambda partition: MAX_EXAMPLES, max_update_norm=MAX_NORM, min_replies=1,
+                       update_norm_factor=None)
     strategy.masks.mask = MASK
+    # Valid replies come from nodes 500 + i (partition i), malformed ones from 900 + j (partition 10 + j)
+    strategy.holdings.partition_of = {500 + i: i for i in range(10)} | {900 + j: 10 + j for j in range(10)}
     strategy.history.record(None)
     strategy.history.record(MASK.bits)
     torch.manual_seed(0)
@@ -267,7 +270,7 @@ def test_each_malformed_kind_is_rejected_for_its_reason(kind: str, reason: str) 
     # Prepare
     strategy = _strategy()
     with task_identity():
-        reply = _reply(901, 4, torch.zeros(MASK.k), 10, kind=kind)
+        reply = _reply(901, 11, torch.zeros(MASK.k), 10, kind=kind)
         # Execute
         arrays, _ = strategy.aggregate_train(3, [reply])
     # Assert
@@ -291,8 +294,8 @@ def test_duplicate_node_or_partition_is_rejected() -> None:
 
 
 def test_norm_bound_needs_a_norm_function() -> None:
-    with pytest.raises(ValueError, match="max_update_norm needs update_norm"):
-        check_replies([], decode=None, max_update_norm=1.0)
+    with pytest.raises(ValueError, match="norm bounds need update_norm"):
+        check_replies([], decode=lambda reply: reply, rules=ReplyRules(max_update_norm=1.0))
 
 
 def test_fedavg_replies_are_validated_and_ordered_by_partition() -> None:
@@ -319,7 +322,8 @@ def test_fedavg_replies_are_validated_and_ordered_by_partition() -> None:
                    Message(Error(code=0, reason="gone"), reply_to=Message(
                        content=RecordDict(), dst_node_id=60, message_type=MessageType.TRAIN))]
         # Execute
-        batch, valid = check_array_replies(replies, reference, max_examples=100, max_update_norm=10.0)
+        batch, valid = check_array_replies(replies, reference, rules=ReplyRules(
+            examples_bound=lambda partition: 100, max_update_norm=10.0))
     # Assert
     assert [r.partition_id for r, _ in batch.accepted] == [1, 2]
     assert [m.metadata.src_node_id for m in valid] == [10, 30]
