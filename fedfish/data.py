@@ -1,10 +1,10 @@
-"""Image datasets on local disk and their federated partitions.
+"""The built-in image datasets as normalised tensors, and their federated partitions.
 
-Fashion-MNIST is read from its four IDX files (Debian's ``dataset-fashion-mnist``
-package, torchvision's download layout, or any directory holding them); CIFAR-10
-from torchvision's ``cifar-10-batches-py`` pickles. Partitions come from
-flwr-datasets partitioners (``fedfish.partition``) run on an in-memory dataset of
-labels only, so no image is ever converted to a HuggingFace dataset.
+``DATASETS`` names each dataset's input shape, class count and normalisation. Its files
+are found, downloaded and decoded by :mod:`fedfish.dataset_files`; here the decoded
+uint8 arrays are cached per process, normalised into fresh tensors, and partitioned by
+flwr-datasets partitioners (``fedfish.partition``) run on an in-memory dataset of labels
+only, so no image is ever converted to a HuggingFace dataset.
 
 Command line::
 
@@ -16,12 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gzip
-import math
-import os
-import pickle
 import sys
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedfish.dataset_files import download, locate, read_split
 from fedfish.partition import holdout_indices, partition_indices
 
 
@@ -54,52 +50,6 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 SPLITS: tuple[str, ...] = ("train", "test")
 
-DATA_ENV = "FEDFISH_DATA"
-# torchvision's conventional root, relative to the working directory.
-DEFAULT_ROOT = Path("data")
-SYSTEM_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-CIFAR_FOLDER = "cifar-10-batches-py"
-
-_FMNIST_FILES: dict[str, tuple[str, str]] = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-_CIFAR_FILES: dict[str, tuple[str, ...]] = {
-    "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
-    "test": ("test_batch",),
-}
-_IDX_UBYTE = 0x08
-
-
-def locate_fashion_mnist(root: str | Path | None = None) -> Path:
-    """Directory holding the four Fashion-MNIST IDX files (raw or ``.gz``).
-
-    Searched in order, each base both as is and in torchvision's layout
-    ``<base>/FashionMNIST/raw``: ``root``, ``$FEDFISH_DATA``, ``./data``; then
-    ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``).
-
-    Returns
-    -------
-    Path
-        Absolute path of the first directory that holds all four files.
-
-    Raises
-    ------
-    FileNotFoundError
-        Listing every place searched and how to get the data.
-    """
-    stems = [stem for pair in _FMNIST_FILES.values() for stem in pair]
-    candidates = [d for base in _search_bases(root) for d in (base, base / "FashionMNIST" / "raw")]
-    candidates.append(SYSTEM_FASHION_MNIST_DIR)
-    for directory in candidates:
-        if all(_idx_path(directory, stem) is not None for stem in stems):
-            return directory.resolve()
-    raise FileNotFoundError(
-        _not_found_message("Fashion-MNIST IDX files", candidates)
-        + "\nInstall the Debian package `dataset-fashion-mnist`, or run "
-        "`python -m fedfish.data download fashion-mnist [--root DIR]`."
-    )
-
 
 def load_images(
     dataset: str, split: str, root: str | Path | None = None, download: bool = False
@@ -117,8 +67,8 @@ def load_images(
     split : str
         ``"train"`` or ``"test"``.
     root : str | Path | None, default None
-        Data root searched first (see ``locate_fashion_mnist``; for CIFAR-10 the
-        bases ``root``, ``$FEDFISH_DATA``, ``./data`` holding ``cifar-10-batches-py``).
+        Data root searched first (``fedfish.dataset_files.locate``: then
+        ``$FEDFISH_DATA``, ``./data`` and, for Fashion-MNIST, the Debian package's directory).
     download : bool, default False
         Download with torchvision when the files are not found.
 
@@ -132,25 +82,6 @@ def load_images(
     directory = _split_dir(dataset, split, root, allow_download=download)
     images, labels = _cached_arrays(dataset, split, str(directory))
     return _to_tensors(dataset, images, labels)
-
-
-def download(dataset: str, root: str | Path | None = None) -> Path:
-    """Download a dataset with torchvision (needs internet); returns its directory.
-
-    ``root`` defaults to ``$FEDFISH_DATA`` if set, else ``./data``; both are
-    searched by the loaders afterwards.
-    """
-    # torchvision takes seconds to import and only downloading needs it.
-    from torchvision import datasets as tv_datasets  # noqa: PLC0415
-
-    _check_dataset(dataset)
-    target = Path(root) if root is not None else _default_root()
-    if dataset == "fashion-mnist":
-        # One call fetches all four files, whatever the split.
-        tv_datasets.FashionMNIST(str(target), train=True, download=True)
-        return locate_fashion_mnist(target)
-    tv_datasets.CIFAR10(str(target), train=True, download=True)
-    return _locate_cifar10(target)
 
 
 def load_partition(
@@ -242,39 +173,10 @@ def _split_dir(dataset: str, split: str, root: str | Path | None, allow_download
         return download(dataset, root)
 
 
-def locate(dataset: str, root: str | Path | None = None) -> Path:
-    """Directory the loaders read ``dataset`` from, searched as in ``load_images``.
-
-    Raises
-    ------
-    FileNotFoundError
-        Listing every place searched.
-    """
-    _check_dataset(dataset)
-    return locate_fashion_mnist(root) if dataset == "fashion-mnist" else _locate_cifar10(root)
-
-
-def _locate_cifar10(root: str | Path | None) -> Path:
-    candidates = [base / CIFAR_FOLDER for base in _search_bases(root)]
-    names = [name for files in _CIFAR_FILES.values() for name in files]
-    for directory in candidates:
-        if all((directory / name).is_file() for name in names):
-            return directory.resolve()
-    raise FileNotFoundError(
-        _not_found_message("CIFAR-10 python batches", candidates)
-        + "\nRun `python -m fedfish.data download cifar10 [--root DIR]` "
-        "or pass download=True to load_images."
-    )
-
-
 @functools.lru_cache(maxsize=8)
 def _cached_arrays(dataset: str, split: str, directory: str) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (N, C, H, W) and int64 labels (N,), read-only (shared by all callers)."""
-    path = Path(directory)
-    if dataset == "fashion-mnist":
-        images, labels = _read_fashion_mnist(path, split)
-    else:
-        images, labels = _read_cifar10(path, split)
+    images, labels = read_split(dataset, Path(directory), split)
     spec = DATASETS[dataset]
     expected = (spec.channels, spec.height, spec.width)
     if images.shape[1:] != expected:
@@ -311,70 +213,6 @@ def _cached_partitions(
     return tuple(parts)
 
 
-def _read_fashion_mnist(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    image_stem, label_stem = _FMNIST_FILES[split]
-    image_path = _idx_path(directory, image_stem)
-    label_path = _idx_path(directory, label_stem)
-    if image_path is None or label_path is None:
-        raise FileNotFoundError(f"{directory}: missing {image_stem}[.gz] or {label_stem}[.gz]")
-    images = _read_idx(image_path, ndim=3)
-    labels = _read_idx(label_path, ndim=1).astype(np.int64)
-    if images.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"{image_path} holds {images.shape[0]} images but {label_path} {labels.shape[0]} labels"
-        )
-    return images[:, None], labels
-
-
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """uint8 array of an IDX file (http://yann.lecun.com/exdb/mnist/), raw or gzipped.
-
-    Header: two zero bytes, type code 0x08 (unsigned byte), ``ndim``, then
-    ``ndim`` big-endian uint32 sizes; the body must be exactly their product.
-    """
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (EOFError, gzip.BadGzipFile, zlib.error) as err:  # gzip names no file
-        raise ValueError(f"{path}: truncated or corrupt gzip file ({err})") from err
-    if len(raw) < 4 or raw[:4] != bytes((0, 0, _IDX_UBYTE, ndim)):
-        raise ValueError(
-            f"{path}: bad IDX header {raw[:4].hex()}, expected 0000{_IDX_UBYTE:02x}{ndim:02x} "
-            f"(unsigned bytes, {ndim} dims)"
-        )
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, needs {header})")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    body = math.prod(dims)
-    if len(raw) - header != body:
-        raise ValueError(
-            f"{path}: IDX header declares dims {dims} ({body} bytes) but the body has "
-            f"{len(raw) - header} bytes"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
-
-
-def _read_cifar10(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = [], []
-    for name in _CIFAR_FILES[split]:
-        path = directory / name
-        with path.open("rb") as f:
-            # latin1: the batches were pickled by Python 2 (torchvision does the same).
-            entry = pickle.load(f, encoding="latin1")
-        data = np.asarray(entry["data"], dtype=np.uint8)
-        batch_labels = np.asarray(entry["labels"], dtype=np.int64)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != batch_labels.shape[0]:
-            raise ValueError(
-                f"{path}: expected data (n, 3072) and n labels, got data {data.shape} "
-                f"and {batch_labels.shape[0]} labels"
-            )
-        images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(batch_labels)
-    return np.concatenate(images), np.concatenate(labels)
-
-
 def _to_tensors(
     dataset: str, images: np.ndarray, labels: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -389,32 +227,6 @@ def _to_tensors(
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _search_bases(root: str | Path | None) -> list[Path]:
-    bases = [] if root is None else [Path(root)]
-    env = os.environ.get(DATA_ENV)
-    if env:
-        bases.append(Path(env))
-    bases.append(DEFAULT_ROOT)
-    return bases
-
-
-def _default_root() -> Path:
-    env = os.environ.get(DATA_ENV)
-    return Path(env) if env else DEFAULT_ROOT
-
-
-def _idx_path(directory: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
-        if (directory / name).is_file():
-            return directory / name
-    return None
-
-
-def _not_found_message(what: str, candidates: Sequence[Path]) -> str:
-    places = "\n".join(f"  {c.absolute()}" for c in candidates)
-    return f"{what} not found; searched, in order:\n{places}"
 
 
 def _check_dataset(dataset: str) -> None:

@@ -58,7 +58,7 @@ def hostile(handler: Handler, attacker_partition: int, kind: str) -> Handler:
 
 def _replace_update(reply: Message, value: float) -> None:
     """Every value of the reply's fp32 change payload set to ``value``; header and CRC stay valid
-    (the header's layout is documented in :mod:`fedfish.codec`)."""
+    (the header's layout is documented in :mod:`fedfish.payload_header`)."""
     payload = reply.content.config_records[records.PAYLOAD]["update"]
     header = codec.parse_header(payload)  # type: ignore[arg-type]
     if header.dtype != "fp32" or header.kind not in (codec.Kind.VALUES, codec.Kind.DENSE):

@@ -14,7 +14,8 @@ since the version it acknowledged, and the mask once. Uplinks carry changes, whi
 server averages into its fp32 model (:mod:`fedfish.aggregation`).
 
 Node bookkeeping (partitions, holdings, enrolment, sampling) is :mod:`strategies.holdings`;
-the mask's life cycle is :mod:`strategies.masking`.
+the mask's life cycle is :mod:`strategies.masking`; the fp32 global model, its version
+history and the payloads encoded from it are :mod:`strategies.global_model`.
 """
 
 from __future__ import annotations
@@ -30,14 +31,13 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from fedfish import codec
-from fedfish.aggregation import AGGREGATORS, apply_change, combine
+from fedfish.aggregation import AGGREGATORS, combine
 from fedfish.layout import ParamLayout
 from fedfish.mask_sources import mask_source as find_mask_source
-from fedfish.sync import ChangeHistory
 from fedfish.updates import DecodedUpdate, UpdateRule, update_rule
 from strategies import records
 from strategies.calibration import combine_scores, decode_scores
-from strategies.downlink import DownlinkEncoder
+from strategies.global_model import GlobalModel
 from strategies.holdings import NodeHoldings, wait_for_nodes
 from strategies.masking import MaskState, ServerScores
 from strategies.replies import ReplyBatch, ReplyRules, check_replies
@@ -191,8 +191,6 @@ class FedFish(Strategy):
             raise ValueError(f"FedFish: mask source {mask_source!r} with fisher_source={fisher_source!r} "
                              "needs server_scores_fn")
         self.layout = layout
-        self.buffer_names = tuple(buffer_names)
-        self.syncs_buffers = bool(self.buffer_names) and buffers == "aggregate"
         self.client_config = dict(client_config) | {"run-token": run_token or secrets.token_hex(16), "buffers": buffers}
         self.update = update
         self.density = density
@@ -216,12 +214,9 @@ class FedFish(Strategy):
         self.masks = MaskState(source=source, layout=layout, head=head, density=density, scope=mask_scope,
                                refresh=mask_refresh, seed=seed)
         self.holdings = NodeHoldings(public_base=public_base, seed=seed, num_partitions=num_partitions)
-        self.history = ChangeHistory(layout.num_params)
+        self.global_model = GlobalModel(layout, tuple(buffer_names),
+                                        syncs_buffers=bool(buffer_names) and buffers == "aggregate")
         self.round_stats: dict[int, RoundStats] = {}
-        self._global: torch.Tensor | None = None
-        self._buffers: torch.Tensor | None = None  # fp32, buffer_names order
-        self._arrays: ArrayRecord | None = None
-        self.downlink = DownlinkEncoder(layout.num_params)
 
     @property
     def mask(self):  # noqa: ANN201 - Mask | None, as the results writer reads it
@@ -243,7 +238,7 @@ class FedFish(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample nodes, (re)build the mask if due, and send each node what it lacks."""
-        self._set_global(arrays)
+        self.global_model.adopt(arrays)
         stats = self.round_stats.setdefault(server_round, RoundStats())
         nodes = self._sample(server_round, grid, self.fraction_train)
         dense = self._is_dense_round(server_round)
@@ -275,17 +270,18 @@ class FedFish(Strategy):
         stats = self.round_stats.setdefault(server_round, RoundStats())
         rule = update_rule("dense") if self._is_dense_round(server_round) else self.rule
         mask = self.masks.mask if rule.trains_under_mask else None
+        model = self.global_model
 
         def decode(reply: records.Reply) -> tuple[DecodedUpdate, torch.Tensor | None]:
             update = rule.decode(reply.payloads["update"], mask, self.layout.num_params)
-            buffers = codec.decode_dense(reply.payloads["buffers"], len(self._buffers)) if self.syncs_buffers else None
+            buffers = codec.decode_dense(reply.payloads["buffers"], len(model.buffers)) if model.syncs_buffers else None
             return update, buffers
 
         batch = check_replies(
             replies,
             decode=decode,
-            rules=self._rules(model_version=self.history.version, norms=True),
-            required_payloads=("update", "buffers") if self.syncs_buffers else ("update",),
+            rules=self._rules(model_version=model.history.version, norms=True),
+            required_payloads=("update", "buffers") if model.syncs_buffers else ("update",),
             update_norm=_change_norm,
         )
         self._count(stats, batch)
@@ -298,14 +294,8 @@ class FedFish(Strategy):
         weights = [reply.num_examples for reply, _ in batch.accepted]
         updates = [update for _, (update, _) in batch.accepted]
         change = combine(updates, weights, self.layout.num_params, self.aggregator, self.trim_fraction)
-        new_global, changed = apply_change(self._current(), change)
-        if self.syncs_buffers:
-            # Buffers are averaged like FedAvg averages them (running statistics, not changes).
-            self._buffers = sum(b * (w / sum(weights)) for (_, (_, b)), w in zip(batch.accepted, weights, strict=True))
-        self.history.record(changed)
-        self._global = new_global
-        self._arrays = self._to_arrays(new_global)
-        return self._arrays, batch.metrics()
+        buffers = [b for _, (_, b) in batch.accepted]
+        return model.apply(change, buffers, weights), batch.metrics()
 
     # ------------------------------------------------------------------ evaluate
     def configure_evaluate(
@@ -314,7 +304,7 @@ class FedFish(Strategy):
         """Client-side evaluation of the current model (off when fraction_evaluate is 0)."""
         if self.fraction_evaluate == 0.0:
             return []
-        self._set_global(arrays)
+        self.global_model.adopt(arrays)
         nodes = self._sample(server_round, grid, self.fraction_evaluate)
         task_config = dict(config) | self.client_config | {"server-round": server_round}
         return [
@@ -335,18 +325,17 @@ class FedFish(Strategy):
         node id -> partition map, the change history, the mask and the run token)."""
         return {
             "run_token": self.client_config["run-token"],
-            "history": self.history.state_dict(),
+            "history": self.global_model.history.state_dict(),
             "masks": self.masks.state_dict(),
             "holdings": self.holdings.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Inverse of :meth:`state_dict`."""
-        self.history = ChangeHistory.from_state_dict(state["history"])  # type: ignore[arg-type]
+        self.global_model.load_history(state["history"])  # type: ignore[arg-type]
         self.masks.load_state_dict(state["masks"])  # type: ignore[arg-type]
         self.holdings.load_state_dict(state["holdings"])  # type: ignore[arg-type]
         self.client_config["run-token"] = str(state["run_token"])
-        self.downlink.clear()
 
     # ------------------------------------------------------------------ helpers
     def _is_dense_round(self, server_round: int) -> bool:
@@ -359,32 +348,6 @@ class FedFish(Strategy):
             return self.density
         return self.masks.mask.density if self.masks.mask is not None else 1.0
 
-    def _set_global(self, arrays: ArrayRecord) -> None:
-        if arrays is self._arrays and self._global is not None:
-            return
-        state = arrays.to_torch_state_dict()
-        missing = [n for n in (*self.layout.names, *self.buffer_names) if n not in state]
-        if missing:
-            raise ValueError(f"FedFish: the global ArrayRecord lacks {missing}")
-        self._global = torch.cat([state[n].reshape(-1).float() for n in self.layout.names])
-        self._buffers = torch.cat([state[n].reshape(-1).float() for n in self.buffer_names]) if self.buffer_names \
-            else torch.zeros(0)
-        self._arrays = arrays
-        self.downlink.clear()
-
-    def _to_arrays(self, flat: torch.Tensor) -> ArrayRecord:
-        state = self._arrays.to_torch_state_dict() if self._arrays is not None else {}
-        for name, tensor in zip(self.layout.names, self.layout.split(flat), strict=True):
-            state[name] = tensor.clone()
-        if self.syncs_buffers:
-            sizes = [state[name].numel() for name in self.buffer_names]
-            for name, chunk in zip(self.buffer_names, torch.split(self._buffers, sizes), strict=True):
-                old = state[name]
-                value = chunk if old.is_floating_point() else chunk.round()
-                state[name] = value.reshape(old.shape).to(old.dtype)
-        self.downlink.clear()
-        return ArrayRecord(state)
-
     def _sample(self, server_round: int, grid: Grid, fraction: float) -> list[int]:
         # Enrolling unknown nodes is a round trip: sampling by partition needs their partitions.
         nodes = wait_for_nodes(grid, self.min_available_nodes)
@@ -392,7 +355,7 @@ class FedFish(Strategy):
         enrol_config |= {"server-round": server_round, "phase": "enrol"}
         current_mask = self.masks.mask.version if self.masks.mask is not None else -1
         enrolled = self.holdings.enrol(grid, nodes, lambda: records.downlink(enrol_config, {}),
-                                       current_model=self.history.version, current_mask=current_mask,
+                                       current_model=self.global_model.history.version, current_mask=current_mask,
                                        timeout=self.round_timeout)
         stats = self.round_stats.setdefault(server_round, RoundStats())
         stats.clients_failed += enrolled.failed
@@ -405,7 +368,7 @@ class FedFish(Strategy):
         source = self.masks.source
         scores = None
         if source.kind == "model" or (source.kind == "data" and self.fisher_source == "server"):
-            scores = self.server_scores_fn(self._current())  # type: ignore[misc]
+            scores = self.server_scores_fn(self.global_model.params)  # type: ignore[misc]
         elif source.kind == "data":
             scores = self._client_scores(server_round, nodes, grid)
             if scores is None:
@@ -431,7 +394,8 @@ class FedFish(Strategy):
         """What replies may claim: the enrolled partition, its shard size, versions, norm bounds."""
         return ReplyRules(
             examples_bound=self.examples_bound, partition_of=self.holdings.partition_of,
-            num_partitions=self.num_partitions, max_model_version=self.history.version, model_version=model_version,
+            num_partitions=self.num_partitions, max_model_version=self.global_model.history.version,
+            model_version=model_version,
             max_update_norm=self.max_update_norm if norms else None,
             norm_factor=self.update_norm_factor if norms else None,
         )
@@ -444,11 +408,6 @@ class FedFish(Strategy):
         stats.clients_resynced += batch.need_base
         stats.rejections.extend(batch.rejected)
 
-    def _current(self) -> torch.Tensor:
-        if self._global is None:
-            raise RuntimeError("FedFish: no global model yet (configure_train not called)")
-        return self._global
-
     def _downlink(
         self,
         node: int,
@@ -458,18 +417,13 @@ class FedFish(Strategy):
         warmup: bool = False,
         with_mask: bool = True,
     ) -> records.RecordDict:
-        """One node's message: its sync payloads, the mask if it lacks it, and the config."""
+        """One node's message: its sync payloads, the mask if it lacks it, the buffers and the config."""
         held_model, held_mask = self.holdings.held(node)
         mask = self.masks.mask if (with_mask and not warmup and self.rule.trains_under_mask) else None
-        sync = self.downlink.node_sync(
-            self.history, self._current(), held_model, held_mask, mask, self.masks.mask_seed if mask else None
-        )
-        payloads = dict(sync.payloads)
-        if self.syncs_buffers:
-            payloads["buffers"] = self.downlink.buffers(self.history, self._buffers)  # type: ignore[arg-type]
+        sync = self.global_model.node_sync(held_model, held_mask, mask, self.masks.mask_seed if mask else None)
         if phase is None:
             phase = "warmup" if warmup else "train"
-        return records.downlink(dict(task_config) | sync.config | {"phase": phase}, payloads)
+        return records.downlink(dict(task_config) | sync.config | {"phase": phase}, dict(sync.payloads))
 
 
 def _change_norm(decoded: tuple[DecodedUpdate, torch.Tensor | None]) -> float:

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny on-disk datasets in the exact formats fedfish.data reads.
+"""Shared fixtures: tiny on-disk datasets in the exact formats fedfish.dataset_files reads.
 
 ``tiny_fmnist_dir``: the four Fashion-MNIST IDX files (train raw, test gzipped).
 ``tiny_cifar_root``: a root holding torchvision's ``cifar-10-batches-py`` pickles.

@@ -31,7 +31,7 @@ VALUE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 TORCH_DTYPE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROPS = settings(max_examples=60, deadline=None)
 
-# Header byte offsets from the module docstring's layout table.
+# Header byte offsets from the layout table in fedfish.payload_header's docstring.
 OFF_KIND, OFF_DTYPE, OFF_RESERVED, OFF_VERSION = 5, 6, 7, 8
 OFF_COUNT, OFF_NUM_PARAMS, OFF_DIGEST, OFF_CRC = 12, 20, 28, 36
 

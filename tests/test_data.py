@@ -1,4 +1,4 @@
-"""Tests for fedfish.data: IDX/CIFAR loading, data search order, partitions, CLI."""
+"""Tests for fedfish.data and fedfish.dataset_files: IDX/CIFAR loading, data search order, partitions, CLI."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedfish import data
-from fedfish.data import DATASETS, load_images, load_partition, locate_fashion_mnist
+from fedfish import data, dataset_files
+from fedfish.data import DATASETS, load_images, load_partition
+from fedfish.dataset_files import locate_fashion_mnist
 from fedfish.partition import (
     PARTITIONERS, label_histogram, make_partitioner, partition_indices, partitioner_names,
 )
@@ -37,9 +38,9 @@ def _denormalize(x: torch.Tensor, dataset: str) -> np.ndarray:
 @pytest.fixture
 def isolated_search(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No $FEDFISH_DATA, ./data and the system directory pointed at empty places."""
-    monkeypatch.delenv(data.DATA_ENV, raising=False)
-    monkeypatch.setattr(data, "DEFAULT_ROOT", tmp_path / "default-root")
-    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST_DIR", tmp_path / "system")
+    monkeypatch.delenv(dataset_files.DATA_ENV, raising=False)
+    monkeypatch.setattr(dataset_files, "DEFAULT_ROOT", tmp_path / "default-root")
+    monkeypatch.setattr(dataset_files, "SYSTEM_FASHION_MNIST_DIR", tmp_path / "system")
     return tmp_path
 
 
@@ -76,12 +77,12 @@ def test_load_images_returns_tensors_that_do_not_alias_the_cache(tiny_fmnist_dir
 
 
 @pytest.mark.skipif(
-    not data.SYSTEM_FASHION_MNIST_DIR.is_dir(), reason="Debian dataset-fashion-mnist not installed"
+    not dataset_files.SYSTEM_FASHION_MNIST_DIR.is_dir(), reason="Debian dataset-fashion-mnist not installed"
 )
 def test_real_fmnist_sizes_and_normalisation() -> None:
     # Execute
-    x_train, y_train = load_images("fashion-mnist", "train", root=data.SYSTEM_FASHION_MNIST_DIR)
-    x_test, _ = load_images("fashion-mnist", "test", root=data.SYSTEM_FASHION_MNIST_DIR)
+    x_train, y_train = load_images("fashion-mnist", "train", root=dataset_files.SYSTEM_FASHION_MNIST_DIR)
+    x_test, _ = load_images("fashion-mnist", "test", root=dataset_files.SYSTEM_FASHION_MNIST_DIR)
 
     # Assert: the published constants standardise the training set.
     assert x_train.shape == (60000, 1, 28, 28) and x_test.shape == (10000, 1, 28, 28)
@@ -115,7 +116,7 @@ def test_locate_search_order(
         "system": _install_copy(tiny_fmnist_dir.root, tmp / "system"),
     }
     if use_env:
-        monkeypatch.setenv(data.DATA_ENV, str(tmp / "env"))
+        monkeypatch.setenv(dataset_files.DATA_ENV, str(tmp / "env"))
     if not use_default:
         shutil.rmtree(tmp / "default-root")
 
@@ -129,7 +130,7 @@ def test_locate_search_order(
 def test_locate_error_lists_every_place_and_how_to_get_the_data(isolated_search, monkeypatch) -> None:
     # Prepare
     tmp = isolated_search
-    monkeypatch.setenv(data.DATA_ENV, str(tmp / "env"))
+    monkeypatch.setenv(dataset_files.DATA_ENV, str(tmp / "env"))
 
     # Execute
     with pytest.raises(FileNotFoundError) as info:
@@ -549,7 +550,7 @@ def test_cli_locate_prints_dir_or_fails(tiny_fmnist_dir, isolated_search, capsys
 
 def test_cli_as_module_uses_fedfish_data_env(tiny_fmnist_dir, tmp_path) -> None:
     # Prepare
-    env = {**os.environ, data.DATA_ENV: str(tiny_fmnist_dir.root)}
+    env = {**os.environ, dataset_files.DATA_ENV: str(tiny_fmnist_dir.root)}
 
     # Execute
     done = subprocess.run(

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fedfish import data, datasource
+from fedfish import data, dataset_files, datasource
 from fedfish.datasource import DataConfig, DataConfigError, data_info, load_partition, load_split
 from fedfish.partition import holdout_indices
 
@@ -575,9 +575,9 @@ def test_check_names_the_key_at_fault(
     tabular, tiny_fmnist_dir, loader_module, tmp_path, monkeypatch, make: Callable[[Env], DataConfig], match
 ) -> None:
     # Prepare: no Fashion-MNIST outside the tiny copy; no network.
-    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST_DIR", tmp_path / "no-system-copy")
-    monkeypatch.setattr(data, "DEFAULT_ROOT", tmp_path / "no-default-root")
-    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    monkeypatch.setattr(dataset_files, "SYSTEM_FASHION_MNIST_DIR", tmp_path / "no-system-copy")
+    monkeypatch.setattr(dataset_files, "DEFAULT_ROOT", tmp_path / "no-default-root")
+    monkeypatch.delenv(dataset_files.DATA_ENV, raising=False)
     monkeypatch.setattr(datasets, "load_dataset", _offline(datasets.load_dataset))
     (tmp_path / "case").mkdir()
     cfg = make(Env(tabular, tmp_path / "case", tiny_fmnist_dir.root))
@@ -588,8 +588,8 @@ def test_check_names_the_key_at_fault(
 
 
 def test_root_with_data_elsewhere_is_refused(tiny_fmnist_dir, tmp_path, monkeypatch) -> None:
-    # Prepare: fedfish.data itself would fall back to $FEDFISH_DATA.
-    monkeypatch.setenv(data.DATA_ENV, str(tiny_fmnist_dir.root))
+    # Prepare: fedfish.dataset_files.locate itself would fall back to $FEDFISH_DATA.
+    monkeypatch.setenv(dataset_files.DATA_ENV, str(tiny_fmnist_dir.root))
     empty = tmp_path / "empty-root"
     empty.mkdir()
 

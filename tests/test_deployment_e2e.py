@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
 from fedfish import codec
-from fedfish.data import locate_fashion_mnist
+from fedfish.dataset_files import locate_fashion_mnist
 from simulations.certs import make_certificates, make_supernode_key
 from simulations.deploy import (
     ManagedProcess,

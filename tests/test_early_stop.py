@@ -11,7 +11,7 @@ import pytest
 from simulations.config import RunConfig
 from simulations.early_stop import Plateau
 from simulations.server_app import run_federation
-from tests.loopback import LoopbackGrid, task_identity
+from simulations.inprocess import InProcessGrid, task_identity
 
 
 def test_plateau_by_hand() -> None:
@@ -46,9 +46,9 @@ def test_a_run_stops_when_it_levels_off_and_a_resume_adds_nothing(tmp_path: Path
                     results_dir=str(tmp_path), run_name="flat")
     # Execute
     with task_identity():
-        run_dir = run_federation(LoopbackGrid(2), cfg)
+        run_dir = run_federation(InProcessGrid(2), cfg)
         rounds = pd.read_csv(run_dir / "rounds.csv")
-        resumed = run_federation(LoopbackGrid(2), cfg.replace(resume=True))
+        resumed = run_federation(InProcessGrid(2), cfg.replace(resume=True))
     # Assert: the first full 5-round window ends at round 4; two more rounds without a rise
     info = json.loads((run_dir / "config.json").read_text())
     assert list(rounds["round"]) == list(range(7)) and info["last_round"] == 6

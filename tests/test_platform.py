@@ -1,4 +1,4 @@
-"""Bring your own model, data and method: in-process runs with the real ClientApp (LoopbackGrid)."""
+"""Bring your own model, data and method: in-process runs with the real ClientApp (InProcessGrid)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from simulations import client_state
 from simulations.config import ConfigError, RunConfig
 from simulations.server_app import run_federation
 from strategies import records
-from tests.loopback import LoopbackGrid, run_strategy, task_identity
+from simulations.inprocess import InProcessGrid, task_identity
+from tests.loopback import run_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = RunConfig(num_partitions=3, samples_per_client=48, batch_size=16, fisher_samples=16, eval_samples=100, seed=3)
@@ -125,7 +126,7 @@ def test_a_bad_plug_in_fails_before_any_message_naming_its_key(tmp_path: Path, c
     # Prepare: parquet data so that a missing column can be asked for
     cfg = BASE.replace(dataset="parquet", data_files=activity.write(tmp_path), label_column="activity",
                        model="examples.custom_model_and_data.model:make_model", results_dir=str(tmp_path))
-    grid = LoopbackGrid(3)
+    grid = InProcessGrid(3)
     # Execute / Assert
     with task_identity(), pytest.raises(ConfigError, match=match):
         run_federation(grid, cfg.replace(**change))

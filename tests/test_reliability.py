@@ -1,6 +1,6 @@
 """Reliability: failing clients, fuzzed replies, checkpoints, and run-to-run determinism.
 
-Fast, in-process tests (LoopbackGrid, real ClientApp code); the real process kill and
+Fast, in-process tests (InProcessGrid, real ClientApp code); the real process kill and
 resume is in ``test_resume_e2e.py``.
 """
 
@@ -32,7 +32,7 @@ from strategies import records
 from strategies.fedavg import CountingFedAvg
 from strategies.fedfish import FedFish
 from strategies.replies import ReplyRules, check_array_replies, check_replies
-from tests.loopback import LoopbackGrid, task_identity
+from simulations.inprocess import InProcessGrid, task_identity
 from tests.resume_checks import assert_resumed_equals_uninterrupted
 
 TINY = RunConfig(
@@ -41,8 +41,8 @@ TINY = RunConfig(
 )
 
 
-class RecordingLoopback(LoopbackGrid):
-    """LoopbackGrid that keeps every (instruction, reply) pair."""
+class RecordingLoopback(InProcessGrid):
+    """InProcessGrid that keeps every (instruction, reply) pair."""
 
     def __init__(self, num_nodes: int) -> None:
         super().__init__(num_nodes)
@@ -55,7 +55,7 @@ class RecordingLoopback(LoopbackGrid):
         return replies
 
 
-def _federate(cfg: RunConfig, grid: LoopbackGrid) -> Path:
+def _federate(cfg: RunConfig, grid: InProcessGrid) -> Path:
     with task_identity():
         return run_federation(grid, cfg)
 
@@ -126,7 +126,7 @@ def test_round_with_too_few_replies_is_skipped_and_model_unchanged(tmp_path: Pat
     cfg = TINY.replace(fault_fail_fraction=1.0, num_server_rounds=2, results_dir=str(tmp_path), run_name="x",
                        min_replies=2)
     # Execute
-    run_dir = _federate(cfg, LoopbackGrid(cfg.num_partitions))
+    run_dir = _federate(cfg, InProcessGrid(cfg.num_partitions))
     # Assert
     _, rounds, _ = read_run(run_dir)
     assert rounds.loc[rounds["round"] > 0, "skipped"].all()
@@ -155,10 +155,10 @@ def _strategy() -> FedFish:
     strategy.masks.mask = MASK
     # Valid replies come from nodes 500 + i (partition i), malformed ones from 900 + j (partition 10 + j)
     strategy.holdings.partition_of = {500 + i: i for i in range(10)} | {900 + j: 10 + j for j in range(10)}
-    strategy.history.record(None)
-    strategy.history.record(MASK.bits)
+    strategy.global_model.history.record(None)
+    strategy.global_model.history.record(MASK.bits)
     torch.manual_seed(0)
-    strategy._set_global(ArrayRecord(copy.deepcopy(TINY_MODEL).state_dict()))
+    strategy.global_model.adopt(ArrayRecord(copy.deepcopy(TINY_MODEL).state_dict()))
     return strategy
 
 
@@ -387,7 +387,8 @@ def test_checkpoint_round_trip_is_exact(tmp_path: Path) -> None:
     assert restored.holdings.partition_of == {77: 0, 78: 4}
     assert restored.client_config["run-token"] == strategy.client_config["run-token"] != _strategy().client_config["run-token"]
     assert restored.holdings.rng.random() == holdings.rng.random()
-    assert restored.history.plan(1).kind == "delta" and torch.equal(restored.history.plan(1).positions, MASK.bits)
+    plan = restored.global_model.history.plan(1)
+    assert plan.kind == "delta" and torch.equal(plan.positions, MASK.bits)
     loaded.restore_random()
     expected = random.Random(123).random()
     assert random.random() == expected
@@ -424,10 +425,10 @@ def test_same_seed_same_results_and_resume_matches(tmp_path: Path, strategy: str
     # new ids): what they held survives only on disk. top-k carries error-feedback memories.
     cfg = TINY.replace(strategy=strategy, results_dir=str(tmp_path), fault_fail_fraction=0.3, num_server_rounds=3)
     # Execute
-    first = _federate(cfg.replace(run_name="a"), LoopbackGrid(3))
-    second = _federate(cfg.replace(run_name="b"), _renumbered(LoopbackGrid(3), offset=50))
-    _federate(cfg.replace(run_name="c", num_server_rounds=2), LoopbackGrid(3))
-    resumed = _federate(cfg.replace(run_name="c", resume=True), _renumbered(LoopbackGrid(3), offset=90))
+    first = _federate(cfg.replace(run_name="a"), InProcessGrid(3))
+    second = _federate(cfg.replace(run_name="b"), _renumbered(InProcessGrid(3), offset=50))
+    _federate(cfg.replace(run_name="c", num_server_rounds=2), InProcessGrid(3))
+    resumed = _federate(cfg.replace(run_name="c", resume=True), _renumbered(InProcessGrid(3), offset=90))
     # Assert: identical rounds.csv (but wall time) and bit-identical models
     a, b = (pd.read_csv(d / "rounds.csv").drop(columns=["seconds"]) for d in (first, second))
     pd.testing.assert_frame_equal(a, b)
@@ -442,13 +443,13 @@ def test_resume_after_a_round_the_server_never_checkpointed(tmp_path: Path) -> N
     # persisted by the clients) but before its round-3 checkpoint: replay that with the
     # round-2 checkpoint put back after round 3.
     cfg = TINY.replace(results_dir=str(tmp_path), num_server_rounds=3)
-    first = _federate(cfg.replace(run_name="a"), LoopbackGrid(3))
-    stopped = _federate(cfg.replace(run_name="c", num_server_rounds=2), LoopbackGrid(3))
+    first = _federate(cfg.replace(run_name="a"), InProcessGrid(3))
+    stopped = _federate(cfg.replace(run_name="c", num_server_rounds=2), InProcessGrid(3))
     round_2 = (stopped / "checkpoint.pt").read_bytes()
-    _federate(cfg.replace(run_name="c", resume=True), _renumbered(LoopbackGrid(3), offset=70))
+    _federate(cfg.replace(run_name="c", resume=True), _renumbered(InProcessGrid(3), offset=70))
     (stopped / "checkpoint.pt").write_bytes(round_2)
     # Execute
-    resumed = _federate(cfg.replace(run_name="c", resume=True), _renumbered(LoopbackGrid(3), offset=90))
+    resumed = _federate(cfg.replace(run_name="c", resume=True), _renumbered(InProcessGrid(3), offset=90))
     # Assert: the clients, a version ahead of the checkpoint, are sent round 3's delta again
     assert torch.equal(_flat(first), _flat(resumed))
     assert_resumed_equals_uninterrupted(first, resumed, resume_round=3, num_nodes=3)
@@ -458,9 +459,9 @@ def test_resume_without_client_state_on_disk_resyncs_from_version_0(tmp_path: Pa
     # Prepare: the same stop-and-resume, but clients keep their state in memory only
     cfg = TINY.replace(results_dir=str(tmp_path), num_server_rounds=3, client_state_dir="off")
     # Execute
-    first = _federate(cfg.replace(run_name="a"), LoopbackGrid(3))
-    _federate(cfg.replace(run_name="c", num_server_rounds=2), LoopbackGrid(3))
-    resumed = _federate(cfg.replace(run_name="c", resume=True), _renumbered(LoopbackGrid(3), offset=90))
+    first = _federate(cfg.replace(run_name="a"), InProcessGrid(3))
+    _federate(cfg.replace(run_name="c", num_server_rounds=2), InProcessGrid(3))
+    resumed = _federate(cfg.replace(run_name="c", resume=True), _renumbered(InProcessGrid(3), offset=90))
     # Assert: nothing on disk; each node enrols holding nothing, rebuilds version 0, and in
     # round 3 gets the mask once more besides the values it needs anyway: never the dense
     # model, no need-base round trip, and the model is still the uninterrupted one
@@ -476,7 +477,7 @@ def test_resume_without_client_state_on_disk_resyncs_from_version_0(tmp_path: Pa
 def test_fresh_run_of_the_same_name_never_builds_on_stale_client_state(tmp_path: Path) -> None:
     # Prepare: run "x" leaves client state on disk; a new run "x" (no resume) gets a new token
     cfg = TINY.replace(results_dir=str(tmp_path), run_name="x", num_server_rounds=2)
-    _federate(cfg, LoopbackGrid(3))
+    _federate(cfg, InProcessGrid(3))
     stale = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "client-state" / "x").iterdir()}
     # Execute
     grid = RecordingLoopback(3)
@@ -498,15 +499,15 @@ def test_fedavg_same_seed_same_model_whatever_the_node_ids(tmp_path: Path) -> No
     # Prepare: Flower's FedAvg sums replies in arrival order; ours hands it partition order
     cfg = TINY.replace(strategy="fedavg", results_dir=str(tmp_path), num_server_rounds=2)
     # Execute
-    first = _federate(cfg.replace(run_name="a"), LoopbackGrid(3))
-    second = _federate(cfg.replace(run_name="b"), _renumbered(LoopbackGrid(3), offset=50))
+    first = _federate(cfg.replace(run_name="a"), InProcessGrid(3))
+    second = _federate(cfg.replace(run_name="b"), _renumbered(InProcessGrid(3), offset=50))
     # Assert
     a, b = (pd.read_csv(d / "rounds.csv").drop(columns=["seconds"]) for d in (first, second))
     pd.testing.assert_frame_equal(a, b)
     assert torch.equal(_flat(first), _flat(second))
 
 
-def _renumbered(grid: LoopbackGrid, offset: int) -> LoopbackGrid:
+def _renumbered(grid: InProcessGrid, offset: int) -> InProcessGrid:
     """The same partitions behind other node ids, in reverse order."""
     contexts = list(grid.contexts.values())
     grid.contexts = {}

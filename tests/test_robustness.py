@@ -1,6 +1,6 @@
 """Hostile clients and damaged files, with the default configuration: one test per way in.
 
-Each attack runs in-process (LoopbackGrid, the real ClientApp, one node lying through
+Each attack runs in-process (InProcessGrid, the real ClientApp, one node lying through
 ``simulations.attacks``) beside an oracle run: the same run in which the attacker's
 messages simply fail. A rejected reply never touches the global model, so the two must end
 bit for bit equal; the honest nodes' replies must all count.
@@ -22,7 +22,8 @@ from simulations.attacks import hostile
 from simulations.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from simulations.config import ConfigError, RunConfig
 from simulations.server_app import run_federation
-from tests.loopback import LoopbackGrid, run_strategy, task_identity
+from simulations.inprocess import InProcessGrid, task_identity
+from tests.loopback import run_strategy
 
 ATTACKER = 2
 BASE = RunConfig(num_partitions=3, samples_per_client=50, batch_size=16, fisher_samples=16, eval_samples=100,
@@ -41,7 +42,7 @@ def _failing(kinds: tuple[str, ...]):  # noqa: ANN202 - a handler
 
 
 def _run(cfg: RunConfig, handler, rounds: int = 3):  # noqa: ANN001, ANN202
-    return run_strategy(cfg, rounds, LoopbackGrid(cfg.num_partitions, handler))
+    return run_strategy(cfg, rounds, InProcessGrid(cfg.num_partitions, handler))
 
 
 @pytest.mark.parametrize(
@@ -111,7 +112,7 @@ def test_a_flipped_bit_in_a_checkpoint_is_an_error_naming_the_file(tmp_path: Pat
     # Prepare
     cfg = BASE.replace(results_dir=str(tmp_path), run_name="r", num_server_rounds=2)
     with task_identity():
-        run_dir = run_federation(LoopbackGrid(3), cfg)
+        run_dir = run_federation(InProcessGrid(3), cfg)
     path = run_dir / CHECKPOINT_NAME
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -120,20 +121,20 @@ def test_a_flipped_bit_in_a_checkpoint_is_an_error_naming_the_file(tmp_path: Pat
     with pytest.raises(ValueError, match=rf"{path}.*damaged"):
         load_checkpoint(run_dir)
     with task_identity(), pytest.raises(ValueError, match="damaged"):
-        run_federation(LoopbackGrid(3), cfg.replace(resume=True, num_server_rounds=3))
+        run_federation(InProcessGrid(3), cfg.replace(resume=True, num_server_rounds=3))
 
 
 def test_a_flipped_bit_in_a_client_state_file_is_never_used(tmp_path: Path) -> None:
     # Prepare: a 2-round run leaves client state on disk; partition 1's file loses a bit
     cfg = BASE.replace(results_dir=str(tmp_path), run_name="r", num_server_rounds=2)
     with task_identity():
-        run_federation(LoopbackGrid(3), cfg)
+        run_federation(InProcessGrid(3), cfg)
     state_file = tmp_path / "client-state" / "r" / "partition-1.state"
     data = bytearray(state_file.read_bytes())
     data[100] ^= 0x10
     state_file.write_bytes(bytes(data))
     # Execute: resume (the same node ids, so no enrolment): nodes reload their state from disk
-    grid = LoopbackGrid(3)
+    grid = InProcessGrid(3)
     with task_identity():
         resumed = run_federation(grid, cfg.replace(resume=True, num_server_rounds=4))
     # Assert: partition 1 refused its damaged state and said need-base in round 3 instead of
@@ -160,7 +161,7 @@ def test_a_flipped_bit_in_a_client_state_file_is_never_used(tmp_path: Path) -> N
 def test_bad_files_at_the_edge_are_errors_naming_the_key(tmp_path: Path, make, match: str) -> None:
     # Execute / Assert
     with task_identity(), pytest.raises(ConfigError, match=match):
-        run_federation(LoopbackGrid(3), make(tmp_path).replace(results_dir=str(tmp_path)))
+        run_federation(InProcessGrid(3), make(tmp_path).replace(results_dir=str(tmp_path)))
 
 
 def _text_file(folder: Path) -> Path:

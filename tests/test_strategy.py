@@ -1,4 +1,4 @@
-"""FedFish strategy through real messages and the real ClientApp, in-process (LoopbackGrid)."""
+"""FedFish strategy through real messages and the real ClientApp, in-process (InProcessGrid)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from simulations.config import RunConfig
 from strategies import records
 from strategies.fedfish import FedFish
 from strategies.metering import wire_bytes
-from tests.loopback import LoopbackGrid, run_strategy
+from simulations.inprocess import InProcessGrid
+from tests.loopback import run_strategy
 
 BASE = RunConfig(
     num_partitions=3, samples_per_client=48, batch_size=16, lr=0.05, fisher_samples=16,
@@ -29,8 +30,8 @@ BASE = RunConfig(
 )
 
 
-def run(cfg: RunConfig, rounds: int, grid: LoopbackGrid | None = None):
-    """Run ``cfg``'s strategy for ``rounds`` on a LoopbackGrid; return strategy, grid, log, snapshots."""
+def run(cfg: RunConfig, rounds: int, grid: InProcessGrid | None = None):
+    """Run ``cfg``'s strategy for ``rounds`` on a InProcessGrid; return strategy, grid, log, snapshots."""
     strategy, grid, traffic, snapshots, _ = run_strategy(cfg, rounds, grid)
     return strategy, grid, traffic, snapshots
 
@@ -94,7 +95,7 @@ def test_logged_bytes_are_serialized_message_sizes() -> None:
     assert (down.payload_bytes < 4 * strategy.layout.num_params / 10).all()
 
 
-def _syncs(grid: LoopbackGrid) -> dict[tuple[int, int], str]:
+def _syncs(grid: InProcessGrid) -> dict[tuple[int, int], str]:
     """(round, node) -> sync kind of every training message delivered."""
     return {(int(m.content[records.CONFIG]["server-round"]), m.metadata.dst_node_id): m.content[records.CONFIG]["sync"]
             for m in grid.delivered if m.metadata.message_type == "train.fedfish"}
@@ -122,7 +123,7 @@ def test_node_that_lost_state_is_resynced_from_version_0() -> None:
 def test_node_first_sampled_late_gets_mask_and_values_never_the_dense_model() -> None:
     # Prepare: 10 nodes, 2 per round: most are first sampled long after the model moved on;
     # node 1003's machine cannot rebuild version 0 (its checkpoint path does not exist)
-    grid = LoopbackGrid(10)
+    grid = InProcessGrid(10)
     grid.contexts[1003].node_config["initial-model"] = "/nonexistent/initial.pt"
     cfg = BASE.replace(num_partitions=10, fraction_train=0.2, density=0.05, samples_per_client=32)
     # Execute
@@ -195,7 +196,7 @@ def _reseal(payload: bytes) -> bytes:
 @pytest.fixture(scope="module")
 def reference_without_node_1002() -> dict[int, torch.Tensor]:
     """The same run in which node 1002's round-2 reply is an error: what a dropped reply must give."""
-    return run(BASE.replace(density=0.05), rounds=2, grid=LoopbackGrid(3, _corrupt("error")))[3]
+    return run(BASE.replace(density=0.05), rounds=2, grid=InProcessGrid(3, _corrupt("error")))[3]
 
 
 @pytest.mark.parametrize(
@@ -214,7 +215,7 @@ def test_malformed_reply_is_dropped_and_model_untouched(
     # Prepare
     cfg = BASE.replace(density=0.05)
     # Execute: the same run with node 1002's round-2 reply malformed (reference: with it failing)
-    bad, _, _, bad_snaps = run(cfg, rounds=2, grid=LoopbackGrid(3, _corrupt(kind)))
+    bad, _, _, bad_snaps = run(cfg, rounds=2, grid=InProcessGrid(3, _corrupt(kind)))
     ref_snaps = reference_without_node_1002
     # Assert
     stats = bad.round_stats[2]
@@ -272,7 +273,7 @@ def test_public_initial_model_is_never_sent_and_changes_nothing(checkpoint: str)
 
 def test_node_without_the_public_checkpoint_gets_the_dense_base(checkpoint: str) -> None:
     # Prepare: partition 1's machine has no copy of the checkpoint
-    grid = LoopbackGrid(3)
+    grid = InProcessGrid(3)
     grid.contexts[1001].node_config["initial-model"] = "/nonexistent/initial.pt"
     cfg = BASE.replace(density=0.05, initial_model=checkpoint, public_initial_model=True,
                        fisher_source="server", server_samples=32)
@@ -305,7 +306,7 @@ def test_fedavg_and_fedfish_train_the_same_clients_each_round_for_a_seed() -> No
     cfg = BASE.replace(num_partitions=10, fraction_train=0.3, samples_per_client=16, density=0.05)
 
     def sampled(strategy: str, offset: int) -> list[list[int]]:
-        grid = LoopbackGrid(10)
+        grid = InProcessGrid(10)
         grid.contexts = {node + offset: context for node, context in grid.contexts.items()}
         _, grid, _, _ = run(cfg.replace(strategy=strategy), rounds=3, grid=grid)
         partition = {node: int(c.node_config["partition-id"]) for node, c in grid.contexts.items()}
