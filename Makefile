@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data test demo bench clean
+.PHONY: setup data test demo bench figures clean
 
 setup: $(STAMP) data
 
@@ -38,6 +38,13 @@ bench: setup
 	$(PY) -m bench.codec
 	$(PY) -m bench.masked_step
 	$(PY) -m bench.wire
+	$(PY) -m bench.crossdevice
+	$(PY) -m bench.robustness
+
+# The committed figures, drawn by the notebook from the committed evidence (docs/results/).
+figures: setup
+	$(PY) -m simulations.notebooks communication_curves results=docs/results/crossdevice \
+	  figures_dir=docs/figures/crossdevice
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,19 +1,20 @@
-"""Communication savings of FedFish over FedAvg at equal accuracy, from the README sweeps.
+"""Communication savings of FedFish over FedAvg in the cross-device benchmark, with their spread.
 
-    python -m bench.savings [--no-run] [--final-window N]
+    python -m bench.savings            # run (or resume) the sweep into results/, then analyse it
+    python -m bench.savings --no-run   # analyse the committed evidence in docs/results/ only
 
-Each goal is measured in its own sweep folder, where FedAvg and FedFish share every
-setting (``GOALS`` names the sweep files; points already done are skipped). Per
-(scenario, alpha): target accuracy = FedAvg's final accuracy (mean over seeds) - 1 point;
-bytes to target = wire bytes until a method first reaches it, everything counted: warm-up,
-calibration (Fisher upload), mask and dense base sync. The savings factor is FedAvg's
-bytes to target over the method's, and a method that misses the target in any seed has
-none. The last line is::
+The sweep is ``simulations/sweeps/crossdevice.toml`` (100 clients, 10 per round, full
+Fashion-MNIST less a 2% public split, 3 seeds, every run until it levels off); the rules
+are :mod:`simulations.savings`' (target = FedAvg's final accuracy, mean of its last 5
+rounds and of its seeds, minus 1 point; reached at the first round whose 3-round mean gets
+there; savings = FedAvg's bytes to target over the method's, per seed, every byte counted).
+Per (scenario, alpha) the best FedFish setting is named with its savings' mean and min-max
+over seeds; a goal missed is said so. The last line is::
 
     RESULT savings_finetune_alpha0.5=<x> savings_finetune_alpha0.1=<x> savings_scratch_alpha0.5=<x>
+           fish_vs_random_finetune=<bytes to target, random-fixed 2% / FedFish 2%, alpha 0.5>
 
-each the best FedFish setting of that group (named on the lines above, with its goal);
-``nan`` where the group was not run or no FedFish setting reached the target.
+``nan`` where a group has not run yet or no FedFish setting reached the target in every seed.
 """
 
 from __future__ import annotations
@@ -21,89 +22,101 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
-from simulations.analysis import best_savings, load_results, savings_table
+from simulations.analysis import load_results
 from simulations.run import parse_overrides
-from simulations.sweep import Sweep, load_sweep, run_sweep
+from simulations.savings import best_of, ratio_of_bytes, savings_table
+from simulations.sweep import export_evidence, load_sweep, run_sweep
 
-SWEEPS = "simulations/sweeps"
+SWEEP = "simulations/sweeps/crossdevice.toml"
+EVIDENCE = "docs/results"
 
 
 @dataclass(frozen=True)
 class Goal:
-    """A savings goal of the issue and the sweeps (sharing one folder) that measure it."""
+    """A savings goal of the issue: a (scenario, alpha) group and the least savings wanted."""
 
     scenario: str
     alpha: float
     at_least: float
-    sweeps: tuple[str, ...]
 
     @property
     def key(self) -> str:
         return f"savings_{self.scenario}_alpha{self.alpha:g}"
 
 
-GOALS = (
-    Goal("finetune", 0.5, 20.0, (f"{SWEEPS}/readme.toml", f"{SWEEPS}/readme_public.toml")),
-    Goal("finetune", 0.1, 10.0, (f"{SWEEPS}/readme_finetune_alpha01.toml",)),
-    Goal("scratch", 0.5, 5.0, (f"{SWEEPS}/readme_scratch_long.toml",)),
-)
+GOALS = (Goal("finetune", 0.5, 50.0), Goal("finetune", 0.1, 20.0), Goal("scratch", 0.5, 10.0))
+FISH_VS_RANDOM = ("finetune", 0.5, "random-fixed 2%", "fedfish 2%")
 
 
 def verdict(goal: Goal, table: pd.DataFrame) -> tuple[float, str]:
-    """``(savings, description of the best FedFish setting)`` of ``goal`` in ``table``."""
-    best = best_savings(table, "fedfish")
+    """``(savings, a line on the best FedFish setting)`` of ``goal`` in ``table``."""
+    best = best_of(table, "fedfish")
     if (goal.scenario, goal.alpha) not in best.index:
-        return float("nan"), f"not run (goal >= {goal.at_least:g})"
+        return float("nan"), f"not run yet (goal >= {goal.at_least:g})"
     row = best.loc[(goal.scenario, goal.alpha)]
     value = float(row["savings"])
-    if row["mb_to_target"] == 0:
-        outcome = "not measurable: the starting model already meets the target (0 bytes for every method)"
-    elif math.isnan(value):
-        outcome = "not reached by every seed" if row["reached"] else "not reached"
+    fedavg_seeds = int(table.loc[(goal.scenario, goal.alpha, "fedavg"), "seeds"]) \
+        if (goal.scenario, goal.alpha, "fedavg") in table.index else 0
+    if math.isnan(value):
+        outcome = f"missed: reached in {row['reached']} of {row['seeds']} seeds"
     else:
         outcome = "met" if value >= goal.at_least else "missed"
+    spread = f"{row['savings_min']:.1f}-{row['savings_max']:.1f}x" if not math.isnan(row["savings_min"]) else "-"
     return value, (
-        f"{row['label']}: {value:.2f}x, {row['reached']}/{row['seeds']} seeds reached "
-        f"{row['target']:.4f}, final {row['final_accuracy']:.4f}; goal >= {goal.at_least:g}: {outcome}"
+        f"{row['label']}: {value:.1f}x (seeds {spread}), {row['mb_to_target']:.1f} MB to {row['target']:.4f}, "
+        f"final {row['final_accuracy']:.4f}; FedAvg seeds {fedavg_seeds}, FedFish seeds {row['seeds']}; "
+        f"goal >= {goal.at_least:g}: {outcome}"
     )
+
+
+def equal_bytes(table: pd.DataFrame, scenario: str, alpha: float, first: str, second: str) -> str:
+    """The two methods' final accuracies and total MB, for a comparison at (about) equal bytes."""
+    rows = [(label, table.loc[(scenario, alpha, label)]) for label in (first, second)
+            if (scenario, alpha, label) in table.index]
+    if len(rows) < 2:
+        return ""
+    return "; final accuracy " + ", ".join(
+        f"{label} {row['final_accuracy']:.4f} after {row['mb_total']:.0f} MB ({row['seeds']} seeds)" for label, row in rows)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--results-dir", default="results", help="where the sweep runs (without --no-run)")
+    parser.add_argument("--evidence", default=EVIDENCE, help="committed config.json + rounds.csv (with --no-run)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="run-config keys for every point")
-    parser.add_argument("--no-run", action="store_true", help="only analyse the points already done")
-    parser.add_argument("--final-window", type=int, default=1,
-                        help="final accuracy = mean of the last N rounds (default: 1, the last round)")
+    parser.add_argument("--no-run", action="store_true", help="only analyse the committed evidence")
     args = parser.parse_args(argv)
-    overrides = parse_overrides(args.set)
-    results: dict[str, tuple[float, str]] = {}
-    columns = ["seeds", "final_accuracy", "final_accuracy_std", "mb_total", "reached", "mb_to_target", "savings"]
-    for goal in GOALS:
-        sweeps: list[Sweep] = [load_sweep(path, args.results_dir, overrides) for path in goal.sweeps]
-        if not args.no_run:
-            for sweep in sweeps:
-                for name, error in run_sweep(sweep).failed:
-                    print(f"failed point {name}: {error.splitlines()[0]}")
-        try:
-            rounds, _, _ = load_results(sweeps[0].folder)
-        except FileNotFoundError:
-            results[goal.key] = (float("nan"), f"not run: no finished points in {sweeps[0].folder} "
-                                               f"(goal >= {goal.at_least:g})")
-            continue
-        table = savings_table(rounds, baseline="fedavg", by=("scenario", "alpha"), final_window=args.final_window)
-        print(f"\n{goal.key}: {', '.join(goal.sweeps)} -> {sweeps[0].folder}")
-        with pd.option_context("display.width", 200, "display.max_rows", 200):
-            print(table[columns].to_string(float_format=lambda v: f"{v:.4g}"))
-        results[goal.key] = verdict(goal, table)
+    sweep = load_sweep(SWEEP, args.results_dir, parse_overrides(args.set))
+    if args.no_run:
+        folder = Path(args.evidence) / sweep.name
+    else:
+        for name, error in run_sweep(sweep).failed:
+            print(f"failed point {name}: {error.splitlines()[0]}")
+        export_evidence(sweep.folder, Path(args.evidence) / sweep.name)
+        folder = sweep.folder
+    rounds, _, _ = load_results(folder)
+    table = savings_table(rounds)
+    columns = ["seeds", "rounds", "final_accuracy", "mb_total", "reached", "mb_to_target", "savings",
+               "savings_min", "savings_max", "acc_at_1pct", "acc_at_5pct", "acc_at_10pct"]
+    with pd.option_context("display.width", 250, "display.max_rows", 200, "display.max_columns", 20):
+        print(table[columns].to_string(float_format=lambda v: f"{v:.4g}"))
     print()
-    for key, (_, description) in results.items():
-        print(f"{key}: {description}")
-    print("RESULT " + " ".join(f"{key}={value:.3g}" for key, (value, _) in results.items()))
+    results: dict[str, float] = {}
+    for goal in GOALS:
+        results[goal.key], line = verdict(goal, table)
+        print(f"{goal.key}: {line}")
+    scenario, alpha, numerator, denominator = FISH_VS_RANDOM
+    ratio = ratio_of_bytes(table, numerator, denominator)
+    results["fish_vs_random_finetune"] = float(ratio.get((scenario, alpha), float("nan")))
+    print(f"fish_vs_random_finetune: bytes to target of {numerator} / {denominator} at alpha {alpha:g}: "
+          f"{results['fish_vs_random_finetune']:.3g} (> 1: the Fisher mask needs fewer bytes; inf: "
+          f"{numerator} never reached it){equal_bytes(table, scenario, alpha, numerator, denominator)}")
+    print("RESULT " + " ".join(f"{key}={value:.3g}" for key, value in results.items()))
 
 
 if __name__ == "__main__":

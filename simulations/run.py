@@ -68,10 +68,7 @@ def run_simulation(cfg: RunConfig, *, num_supernodes: int | None = None, verbose
 
     # Each virtual client gets one core and one torch thread: more would oversubscribe.
     os.environ.setdefault("FEDFISH_CLIENT_THREADS", "1")
-    backend_config: dict[str, Any] = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"include_dashboard": False, "num_cpus": os.cpu_count() or 1},
-    }
+    backend_config = simulation_backend_config()
     _start_ray(backend_config["init_args"])
     try:
         with _stop_on_signals():
@@ -90,6 +87,23 @@ def run_simulation(cfg: RunConfig, *, num_supernodes: int | None = None, verbose
     if not done:
         raise RuntimeError("the simulation ended without finishing the run; see the log above")
     return done[0]
+
+
+def simulation_backend_config(cpus: int | None = None, gpus: int | None = None) -> dict[str, Any]:
+    """Flower's Ray backend config: one core per virtual client and, when CUDA devices are
+    present, a GPU share such that as many clients train at once as there are cores (Ray
+    places a client on a GPU only if it asks for a share). ``FEDFISH_CLIENT_GPUS`` overrides
+    the share (``0`` keeps clients on the CPU)."""
+    cpus = cpus or os.cpu_count() or 1
+    if gpus is None:
+        import torch  # noqa: PLC0415 - heavy, and the client app imports it anyway
+
+        gpus = torch.cuda.device_count()
+    share = float(os.environ.get("FEDFISH_CLIENT_GPUS", gpus / cpus if gpus else 0.0))
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": share},
+        "init_args": {"include_dashboard": False, "num_cpus": cpus, "num_gpus": gpus},
+    }
 
 
 def _start_ray(init_args: dict[str, Any]) -> None:

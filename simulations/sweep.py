@@ -1,38 +1,21 @@
-"""Sweeps: a grid of runs from a small TOML file, one results folder per point, resumable.
+"""Sweeps: one results folder per point of a sweep file, resumable, evidence exportable.
 
     python -m simulations.sweep simulations/sweeps/quick.toml [--set num-server-rounds=3] [--dry-run]
+    python -m simulations.sweep simulations/sweeps/crossdevice.toml --export docs/results
 
-A sweep file names the sweep, the run-config keys every point shares (``[base]``) and
-the axes whose product is the grid (``[axes]``), outermost first::
-
-    name = "quick"
-    [base]
-    num-partitions = 3
-    [axes]
-    seed = [0, 1]                 # a scalar axis: one run-config key, one value per point
-    [[axes.method]]               # a table axis: each entry sets several keys
-    label = "fedfish 2%"          # required; names the entry in folders, tables and plots
-    strategy = "fedfish"
-    density = 0.02
-    tags = {family = "fisher"}    # optional: extra columns for the analysis loader
-
-``{results-dir}`` in a string value is replaced by the results dir (checkpoints
-made by the sweep live beside its results). An optional ``[pretrain]`` table (the keyword arguments of
-:func:`simulations.pretrain.pretrain`, kebab-case, with ``out``) makes the fine-tuning
-checkpoint first, if it is not there yet.
-
-Each point runs in its own process (``python -m simulations.run``), so a crash or a
-hung Ray worker costs that point only: it is reported and the sweep goes on. Results go
-to ``<results-dir>/<name>/<point>/`` with ``sweep-point.json`` saying ``running``,
-``done`` or ``failed``; on a rerun, ``done`` points whose config is unchanged are
-skipped and every other point is redone from scratch.
+The file format is :mod:`simulations.sweep_file`'s. Each point runs in its own process
+(``python -m simulations.run``), so a crash or a hung Ray worker costs that point only: it
+is reported and the sweep goes on. Results go to ``<results-dir>/<name>/<point>/`` with
+``sweep-point.json`` saying ``running``, ``done`` or ``failed``; on a rerun, ``done``
+points whose config is unchanged are skipped and every other point is redone from scratch.
+``--export`` copies the evidence of the finished points (``config.json``, ``rounds.csv``,
+``sweep-point.json``: no models, no client state) to a folder meant to be committed.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import os
 import re
@@ -41,7 +24,6 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,68 +33,18 @@ from simulations.analysis import POINT_FILE
 from simulations.config import RunConfig
 from simulations.results import write_json
 from simulations.run import parse_overrides
+from simulations.sweep_file import Point, Sweep, load_sweep
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SWEEP_KEYS = ("name", "description", "base", "axes", "pretrain")
-RESERVED_KEYS = ("run-name", "results-dir", "resume")
 ROUND_LINE = "[fedfish] round "
 # What runs one point: ``python -m <POINT_MODULE> key=value ...``.
 POINT_MODULE = "simulations.run"
 LOG_FILE = "run.log"
-
-
-@dataclass(frozen=True)
-class Point:
-    """One run of a sweep.
-
-    Attributes
-    ----------
-    name : str
-        Folder name (the run's ``run-name``): axis labels joined by ``_``.
-    axes : dict[str, str]
-        Axis name -> this point's label on it (``seed`` -> ``"seed0"``, ``method`` -> ``"fedfish 2%"``).
-    tags : dict[str, Any]
-        Extra columns from table-axis entries.
-    config : RunConfig
-        The validated run config (``results-dir`` = the sweep folder, ``run-name`` = ``name``).
-    """
-
-    name: str
-    axes: dict[str, str]
-    tags: dict[str, Any]
-    config: RunConfig
-
-    @property
-    def run_dir(self) -> Path:
-        """``<results-dir>/<name>``."""
-        return Path(self.config.results_dir) / self.name
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """A parsed sweep file.
-
-    Attributes
-    ----------
-    name : str
-        Folder under the results dir.
-    points : list[Point]
-        The grid, first axis outermost.
-    pretrain : dict[str, Any]
-        Keyword arguments of :func:`simulations.pretrain.pretrain` (empty: none).
-    description : str
-        Free text.
-    """
-
-    name: str
-    points: list[Point]
-    pretrain: dict[str, Any] = field(default_factory=dict)
-    description: str = ""
-
-    @property
-    def folder(self) -> Path:
-        """``<results-dir>/<name>``."""
-        return Path(self.points[0].config.results_dir) if self.points else Path()
+# What a finished point leaves to commit: enough for every table and figure.
+EVIDENCE_FILES = ("config.json", "rounds.csv", POINT_FILE)
+# Keys that say how a point is carried out, not what it computes: a finished point stays
+# finished when they change (a longer round timeout does not redo a 5-hour sweep).
+OPERATIONAL_KEYS = frozenset({"round-timeout", "client-state-dir"})
 
 
 @dataclass
@@ -129,131 +61,13 @@ class SweepReport:
 Runner = Callable[[Point, Callable[[str], None]], str | None]
 
 
-def load_sweep(path: str | Path, results_dir: str | Path = "results", overrides: dict[str, Any] | None = None) -> Sweep:
-    """Parse and validate a sweep file; every point's run config is checked up front.
-
-    Parameters
-    ----------
-    path : str | Path
-        The TOML file.
-    results_dir : str | Path (default: "results")
-        Points go to ``<results_dir>/<name>/<point>``.
-    overrides : dict[str, Any] | None (default: None)
-        Run-config keys set on every point, after the axes (e.g. fewer rounds for a smoke run).
-
-    Raises
-    ------
-    ValueError
-        Unknown top-level keys, a missing name, an empty axis, a table entry without
-        ``label``, two axes setting the same key, or a reserved key (``run-name``,
-        ``results-dir``, ``resume``); :class:`simulations.config.ConfigError` (a
-        ValueError) for any invalid run-config key or value, naming the point.
-    """
-    data = tomllib.loads(Path(path).read_text())
-    return parse_sweep(data, results_dir, overrides, source=str(path))
-
-
-def parse_sweep(
-    data: dict[str, Any],
-    results_dir: str | Path = "results",
-    overrides: dict[str, Any] | None = None,
-    source: str = "sweep",
-) -> Sweep:
-    """:func:`load_sweep` on an already parsed TOML document."""
-    data = {key: _expand(value, str(results_dir)) if key in ("base", "axes", "pretrain") else value
-            for key, value in data.items()}
-    unknown = sorted(set(data) - set(SWEEP_KEYS))
-    if unknown:
-        raise ValueError(f"{source}: unknown top-level keys {unknown}; allowed: {list(SWEEP_KEYS)}")
-    name = data.get("name", "")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise ValueError(f"{source}: name must be a plain folder name, got {name!r}")
-    base = dict(data.get("base", {}))
-    _check_reserved(source, "base", base)
-    overrides = dict(overrides or {})
-    _check_reserved(source, "overrides", overrides)
-    axes = [(axis, _axis_entries(source, axis, values)) for axis, values in data.get("axes", {}).items()]
-    folder = Path(results_dir) / name
-    points = []
-    for combo in itertools.product(*(entries for _, entries in axes)) if axes else [()]:
-        keys: dict[str, Any] = dict(base)
-        owner: dict[str, str] = {}
-        labels: dict[str, str] = {}
-        tags: dict[str, Any] = {}
-        for (axis, _), (label, values, entry_tags) in zip(axes, combo, strict=True):
-            for key in values:
-                if key in owner:
-                    raise ValueError(f"{source}: axes {owner[key]!r} and {axis!r} both set {key!r}")
-                owner[key] = axis
-            keys |= values
-            labels[axis] = label
-            tags |= entry_tags
-        keys |= overrides
-        point_name = "_".join(_folder_part(label) for label in labels.values()) or "run"
-        try:
-            config = RunConfig.from_mapping(keys | {"run-name": point_name, "results-dir": str(folder)})
-        except ValueError as err:
-            raise type(err)(f"{source}: point {point_name!r}: {err}") from err
-        points.append(Point(point_name, labels, tags, config))
-    names = [p.name for p in points]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"{source}: several points share the folder names {duplicates}; make the labels unique")
-    pretrain = {k.replace("-", "_"): v for k, v in data.get("pretrain", {}).items()}
-    if pretrain and "out" not in pretrain:
-        raise ValueError(f"{source}: [pretrain] needs out = <checkpoint path>")
-    return Sweep(name, points, pretrain, str(data.get("description", "")))
-
-
-def _expand(value: Any, results_dir: str) -> Any:
-    """``{results-dir}`` in any string, so a sweep's files (checkpoints) live beside its results."""
-    if isinstance(value, str):
-        return value.replace("{results-dir}", results_dir)
-    if isinstance(value, dict):
-        return {k: _expand(v, results_dir) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand(v, results_dir) for v in value]
-    return value
-
-
-def _check_reserved(source: str, where: str, keys: dict[str, Any]) -> None:
-    reserved = sorted(set(keys) & set(RESERVED_KEYS))
-    if reserved:
-        raise ValueError(f"{source}: {where} must not set {reserved}: the sweep sets them per point")
-
-
-def _axis_entries(source: str, axis: str, values: Any) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """``(label, run-config keys, tags)`` for each value of one axis."""
-    if not isinstance(values, list) or not values:
-        raise ValueError(f"{source}: axis {axis!r} must be a non-empty list")
-    entries = []
-    for value in values:
-        if isinstance(value, dict):
-            entry = dict(value)
-            label = entry.pop("label", None)
-            if not isinstance(label, str) or not label:
-                raise ValueError(f"{source}: every entry of axis {axis!r} needs a label, got {value!r}")
-            tags = entry.pop("tags", {})
-            if not isinstance(tags, dict):
-                raise ValueError(f"{source}: tags of {label!r} on axis {axis!r} must be a table")
-            _check_reserved(source, f"axis {axis!r}", entry)
-            entries.append((label, entry, tags))
-        else:
-            _check_reserved(source, f"axis {axis!r}", {axis: value})
-            entries.append((f"{axis}{value}", {axis: value}, {}))
-    return entries
-
-
-def _folder_part(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.-]+", "-", label.replace("%", "pct")).strip("-") or "x"
-
-
 def point_status(point: Point) -> str:
     """``done`` (finished with this very config), ``stale`` (folder from another config or a
     half-written run) or ``new``.
 
     A point recorded before a run-config key existed counts as run with that key's default
-    (new keys default to the old behaviour), so adding a key does not redo a sweep.
+    (new keys default to the old behaviour), so adding a key does not redo a sweep; keys in
+    ``OPERATIONAL_KEYS`` are not compared.
     """
     marker = point.run_dir / POINT_FILE
     if not marker.is_file():
@@ -267,7 +81,8 @@ def point_status(point: Point) -> str:
         return "stale"
     current = point.config.to_mapping()
     defaults = RunConfig().to_mapping()
-    done = all(recorded.get(key, defaults[key]) == value for key, value in current.items())
+    done = all(recorded.get(key, defaults[key]) == value
+               for key, value in current.items() if key not in OPERATIONAL_KEYS)
     return "done" if done else "stale"
 
 
@@ -327,6 +142,35 @@ def run_sweep(sweep: Sweep, runner: Runner | None = None, *, progress: bool = Tr
             say(f"FAILED {point.name}: {error}")
     bar.close()
     return report
+
+
+def export_evidence(folder: str | Path, dest: str | Path) -> list[str]:
+    """Copy every finished point's evidence from a sweep folder to ``dest``.
+
+    A point is finished when its ``sweep-point.json`` says ``done``; its ``config.json``,
+    ``rounds.csv`` and ``sweep-point.json`` go to ``<dest>/<point>/`` (models, client state
+    and logs stay behind). Points running or failed are left out, and evidence already in
+    ``dest`` for other points is kept, so a sweep can be exported as it goes.
+
+    Returns
+    -------
+    list[str]
+        The exported points' names.
+    """
+    exported = []
+    for marker in sorted(Path(folder).glob(f"*/{POINT_FILE}")):
+        try:
+            done = json.loads(marker.read_text()).get("status") == "done"
+        except json.JSONDecodeError:
+            done = False
+        if not done:
+            continue
+        target = Path(dest) / marker.parent.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in EVIDENCE_FILES:
+            shutil.copy2(marker.parent / name, target / name)
+        exported.append(marker.parent.name)
+    return exported
 
 
 def _remove_client_state(point: Point) -> None:
@@ -417,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", metavar="REGEX", help="run only the points whose name matches")
     parser.add_argument("--dry-run", action="store_true", help="list the points and their status, run nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or round lines")
+    parser.add_argument("--export", default="", metavar="DIR",
+                        help="copy the finished points' evidence to DIR/<name>/ and run nothing")
     args = parser.parse_args(argv)
     # SIGTERM (and SIGINT, which background jobs ignore) unwinds like Ctrl-C, so the running
     # point's process group is stopped too; the point stays "running" and is redone next time.
@@ -425,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     sweep = load_sweep(args.sweep, args.results_dir, parse_overrides(args.set))
     if args.only:
         sweep = dataclasses.replace(sweep, points=[p for p in sweep.points if re.search(args.only, p.name)])
+    if args.export:
+        names = export_evidence(sweep.folder, Path(args.export) / sweep.name)
+        print(f"exported {len(names)} finished points of {len(sweep.points)} to {Path(args.export) / sweep.name}")
+        return 0
     if args.dry_run:
         for point in sweep.points:
             print(f"{point_status(point):>5}  {point.name}")

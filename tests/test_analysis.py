@@ -1,4 +1,5 @@
-"""The results loader and savings tables, on results folders written by hand in the exact format."""
+"""The results loader, the savings rules and the mask analysis, on results folders written by
+hand in the exact format; the expected numbers are worked out by hand in the comments."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.savings import main as savings_main
 from simulations import analysis as an
+from simulations import mask_analysis as ma
+from simulations import savings as sv
 from simulations.config import RunConfig
 from simulations.results import CLIENT_COLUMNS, ROUND_COLUMNS
 
@@ -24,11 +28,15 @@ def write_run(
     axes: dict[str, str] | None = None,
     tags: dict[str, str] | None = None,
     status: str = "done",
+    one_time: int = 0,
+    with_log: bool = True,
     **config: object,
 ) -> Path:
     """A run folder as the server writes it; a sweep point if ``axes`` is given.
 
-    ``cumulative`` are cumulative bytes per round (round 0 first), split 1/4 up, 3/4 down.
+    ``cumulative`` are cumulative bytes per round (round 0 first), split 1/4 up, 3/4 down;
+    the first ``one_time`` of them are one-time bytes. Without ``with_log``, no clients.csv
+    (committed evidence).
     """
     run_dir = folder / name
     run_dir.mkdir(parents=True)
@@ -42,29 +50,36 @@ def write_run(
     rows["cumulative_bytes_up"] = [c // 4 for c in cumulative]
     rows["cumulative_bytes_down"] = [c - c // 4 for c in cumulative]
     rows["bytes_total"] = np.diff([0, *cumulative])
+    rows["cumulative_one_time_bytes"] = [min(c, one_time) for c in cumulative]
     rows.to_csv(run_dir / "rounds.csv", index=False)
-    pd.DataFrame(columns=list(CLIENT_COLUMNS)).to_csv(run_dir / "clients.csv", index=False)
+    if with_log:
+        pd.DataFrame(columns=list(CLIENT_COLUMNS)).to_csv(run_dir / "clients.csv", index=False)
     if axes is not None:
         (run_dir / an.POINT_FILE).write_text(json.dumps({"status": status, "axes": axes, "tags": tags or {}}))
     return run_dir
 
 
+FEDAVG = [[0.2, 0.5, 0.7, 0.8, 0.85, 0.9, 0.9, 0.9], [0.2, 0.4, 0.6, 0.8, 0.88, 0.88, 0.9, 0.92]]
+FEDFISH = [[0.2, 0.6, 0.8, 0.87, 0.88, 0.88, 0.89, 0.89], [0.2, 0.6, 0.85, 0.88, 0.9, 0.9, 0.9, 0.9]]
+
+
 @pytest.fixture
 def sweep_folder(tmp_path: Path) -> Path:
-    """Two seeds of FedAvg, FedFish 2% and a never-good random mask, as sweep points."""
+    """Two seeds of FedAvg (100 bytes a round), FedFish 2% (10 a round, 5 of them one-time in
+    round 1) and a random mask that never gets there, as sweep points of 7 rounds."""
     folder = tmp_path / "sweep"
     curves = {
-        "fedavg": ([[0.2, 0.6, 0.8, 0.9], [0.2, 0.5, 0.85, 0.88]], [[0, 100, 200, 300]] * 2),
-        "fedfish 2%": ([[0.2, 0.7, 0.88, 0.89], [0.2, 0.7, 0.85, 0.9]], [[0, 50, 55, 60]] * 2),
-        "random-fixed 2%": ([[0.2, 0.3, 0.4, 0.5]] * 2, [[0, 50, 55, 60]] * 2),
+        "fedavg": (FEDAVG, [100 * r for r in range(8)], 0),
+        "fedfish 2%": (FEDFISH, [10 * r for r in range(8)], 5),
+        "random-fixed 2%": ([[0.2, 0.3, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5]] * 2, [10 * r for r in range(8)], 5),
     }
     strategy = {"fedavg": "fedavg", "fedfish 2%": "fedfish", "random-fixed 2%": "random-fixed"}
-    for label, (accuracies, cumulatives) in curves.items():
+    for label, (accuracies, cumulative, one_time) in curves.items():
         for seed in (0, 1):
             point = f"seed{seed}_finetune_{label.split()[0]}"
             axes = {"seed": f"seed{seed}", "scenario": "finetune", "method": label}
-            write_run(folder, point, accuracies[seed], cumulatives[seed], axes=axes, tags={"scenario": "finetune"},
-                      strategy=strategy[label], density=0.02, seed=seed)
+            write_run(folder, point, accuracies[seed], cumulative, axes=axes, tags={"scenario": "finetune"},
+                      strategy=strategy[label], density=0.02, seed=seed, one_time=one_time)
     return folder
 
 
@@ -84,18 +99,30 @@ def test_load_results_adds_sweep_columns_and_skips_unfinished_points(sweep_folde
     assert list(clients.columns[:2]) == ["run", "strategy"]
 
 
-def test_load_results_labels_plain_runs_by_strategy_and_density(tmp_path: Path) -> None:
-    # Prepare
-    write_run(tmp_path, "a", [0.1, 0.5], [0, 10], strategy="fedavg")
-    write_run(tmp_path, "b", [0.1, 0.4], [0, 2], strategy="topk-ef", density=0.005)
+def test_committed_evidence_without_a_message_log_loads(tmp_path: Path) -> None:
+    # Prepare: config.json and rounds.csv only, as docs/results keeps them
+    write_run(tmp_path, "a", [0.1, 0.5], [0, 10], strategy="fedavg", with_log=False)
+    write_run(tmp_path, "b", [0.1, 0.4], [0, 2], strategy="topk-ef", density=0.005, with_log=False)
 
     # Execute
-    rounds, _, _ = an.load_results(tmp_path)
+    rounds, clients, _ = an.load_results(tmp_path)
 
     # Assert
-    labels = rounds.groupby("run")["label"].first().to_dict()
-    assert labels == {"a": "fedavg", "b": "topk-ef 0.5%"}
-    assert set(rounds["setting"]) == {"a", "b"}
+    assert rounds.groupby("run")["label"].first().to_dict() == {"a": "fedavg", "b": "topk-ef 0.5%"}
+    assert set(rounds["setting"]) == {"a", "b"} and clients.empty
+
+
+def test_the_rules_on_one_run() -> None:
+    # Prepare: 3-round means from round 2 on: 0.4667, 0.6667, 0.7833, 0.85, 0.8833, 0.9
+    run = pd.DataFrame({"round": range(8), "accuracy": FEDAVG[0], "cumulative_bytes": [100 * r for r in range(8)]})
+
+    # Execute / Assert
+    assert sv.final_accuracy(run) == pytest.approx(0.87)  # rounds 3..7
+    assert sv.bytes_to_target(run, 0.86) == 600  # round 6 is the first 3-round mean >= 0.86
+    assert sv.bytes_to_target(run, 0.85) == 500  # one lucky round (round 5: 0.9) would not do it alone
+    assert math.isnan(sv.bytes_to_target(run, 0.95))
+    assert sv.accuracy_at_budget(run, 450) == pytest.approx(0.7833333)  # round 4 is the last within 450
+    assert math.isnan(sv.accuracy_at_budget(run, 150))  # no 3 rounds yet
 
 
 def test_savings_table_matches_hand_computed_numbers(sweep_folder: Path) -> None:
@@ -103,59 +130,64 @@ def test_savings_table_matches_hand_computed_numbers(sweep_folder: Path) -> None
     rounds, _, _ = an.load_results(sweep_folder)
 
     # Execute
-    table = an.savings_table(rounds, by=("scenario",))
+    table = sv.savings_table(rounds, by=("scenario",))
 
-    # Assert: target = mean FedAvg final (0.9, 0.88) - 0.01 = 0.88
+    # Assert: FedAvg finals 0.87 and 0.876 -> target 0.873 - 0.01 = 0.863; FedAvg's 3-round means
+    # reach it at round 6 in both seeds (600 bytes); FedFish's at round 5 (seed 0: 0.8767) and
+    # round 4 (seed 1: 0.8767): 50 and 40 bytes, 5 of them one-time; savings 12x and 15x
     fedavg, fedfish, rand = (table.loc[("finetune", label)] for label in ("fedavg", "fedfish 2%", "random-fixed 2%"))
-    assert fedavg["target"] == pytest.approx(0.88)
-    assert fedavg["mb_to_target"] == pytest.approx(300 / 1e6)  # both seeds first reach 0.88 at round 3
-    assert fedfish["mb_to_target"] == pytest.approx((55 + 60) / 2 / 1e6)
-    assert fedfish["savings"] == pytest.approx(300 / 57.5)
-    assert fedfish["final_accuracy"] == pytest.approx(0.895)
-    assert fedfish["final_accuracy_std"] == pytest.approx(np.std([0.89, 0.9], ddof=1))
-    assert (fedfish["seeds"], fedfish["reached"], fedfish["mb_total"]) == (2, 2, pytest.approx(60 / 1e6))
+    assert fedavg["target"] == pytest.approx(0.863)
+    assert fedavg["mb_to_target"] == pytest.approx(600 / 1e6) and fedavg["savings"] == pytest.approx(1.0)
+    assert fedfish["mb_to_target"] == pytest.approx(45 / 1e6)
+    assert (fedfish["mb_to_target_min"], fedfish["mb_to_target_max"]) == (pytest.approx(40 / 1e6), pytest.approx(50 / 1e6))
+    assert fedfish["mb_one_time_to_target"] == pytest.approx(5 / 1e6)
+    assert (fedfish["savings"], fedfish["savings_min"], fedfish["savings_max"]) == (
+        pytest.approx(13.5), pytest.approx(12.0), pytest.approx(15.0))
+    assert fedfish["final_accuracy"] == pytest.approx((0.882 + 0.896) / 2)  # means of rounds 3..7
+    assert (fedfish["seeds"], fedfish["reached"], fedfish["rounds"]) == (2, 2, 7)
     assert rand["reached"] == 0 and math.isnan(rand["mb_to_target"]) and math.isnan(rand["savings"])
-    assert fedavg["savings"] == pytest.approx(1.0)
+    # Accuracy at 10% of FedAvg's 700 bytes (all of FedFish's 70): the last 3-round means
+    assert fedfish["acc_at_10pct"] == pytest.approx(((0.88 + 0.89 + 0.89) / 3 + 0.9) / 2)
+    assert fedavg["acc_at_10pct"] != fedavg["acc_at_10pct"]  # NaN: 70 bytes is round 0 for FedAvg
 
 
-def test_final_window_averages_the_last_rounds(sweep_folder: Path) -> None:
-    # Prepare
+def test_savings_are_nan_unless_every_seed_reached_the_target(sweep_folder: Path) -> None:
+    # Prepare: FedFish seed 1 stops at round 3, below the target
     rounds, _, _ = an.load_results(sweep_folder)
+    rounds = rounds[~((rounds["run"] == "seed1_finetune_fedfish") & (rounds["round"] > 3))]
 
     # Execute
-    table = an.savings_table(rounds, by=("scenario",), final_window=2)
+    row = sv.savings_table(rounds, by=("scenario",)).loc[("finetune", "fedfish 2%")]
 
-    # Assert: FedAvg finals (0.8 + 0.9) / 2 and (0.85 + 0.88) / 2 -> target 0.8575 - 0.01
-    assert table.loc[("finetune", "fedavg"), "target"] == pytest.approx(0.8475)
-    assert table.loc[("finetune", "fedavg"), "mb_to_target"] == pytest.approx((300 + 200) / 2 / 1e6)
+    # Assert: reached in 1 of 2 seeds: no headline savings, the seed that did is still shown
+    assert row["reached"] == 1 and math.isnan(row["savings"]) and row["savings_max"] == pytest.approx(12.0)
 
 
-def test_best_savings_picks_the_best_fedfish_and_keeps_misses_visible(sweep_folder: Path) -> None:
+def test_best_of_picks_the_best_fedfish_and_keeps_misses_visible(sweep_folder: Path) -> None:
     # Prepare
     rounds, _, _ = an.load_results(sweep_folder)
-    table = an.savings_table(rounds, by=("scenario",))
+    table = sv.savings_table(rounds, by=("scenario",))
 
     # Execute
-    best = an.best_savings(table, "fedfish")
-    missing = an.best_savings(table, "random-fixed")
+    best = sv.best_of(table, "fedfish")
+    missing = sv.best_of(table, "random-fixed")
 
     # Assert
-    assert best.loc["finetune", "label"] == "fedfish 2%"
-    assert best.loc["finetune", "savings"] == pytest.approx(300 / 57.5)
+    assert best.loc["finetune", "label"] == "fedfish 2%" and best.loc["finetune", "savings"] == pytest.approx(13.5)
     assert math.isnan(missing.loc["finetune", "savings"])
 
 
-def test_bytes_to_reach_counts_round_zero_and_is_nan_when_never_reached(tmp_path: Path) -> None:
+def test_ratio_of_bytes_between_two_methods(sweep_folder: Path) -> None:
     # Prepare
-    run = pd.DataFrame({"round": [0, 1, 2], "accuracy": [0.5, 0.4, 0.7], "cumulative_bytes": [0, 10, 20],
-                        "cumulative_bytes_up": [0, 3, 6], "cumulative_bytes_down": [0, 7, 14]})
+    rounds, _, _ = an.load_results(sweep_folder)
+    table = sv.savings_table(rounds, by=("scenario",))
 
-    # Execute / Assert
-    assert an.bytes_to_reach(run, 0.5) == 0.0
-    assert an.bytes_to_reach(run, 0.6) == 20.0
-    assert an.bytes_to_reach(run, 0.6, "_up") == 6.0
-    assert math.isnan(an.bytes_to_reach(run, 0.8))
-    assert an.accuracy_at_bytes(run, 15) == 0.5
+    # Execute / Assert: FedAvg 600 bytes over FedFish 45; the random mask never got there (inf)
+    assert sv.ratio_of_bytes(table, "fedavg", "fedfish 2%")["finetune"] == pytest.approx(600 / 45)
+    assert sv.ratio_of_bytes(table, "random-fixed 2%", "fedfish 2%")["finetune"] == math.inf
+    assert sv.ratio_of_bytes(table, "fedfish 2%", "random-fixed 2%")["finetune"] == 0.0
+    assert math.isnan(sv.ratio_of_bytes(table, "random-fixed 2%", "random-fixed 2%")["finetune"])
+    assert sv.ratio_of_bytes(table, "nothing", "fedfish 2%").empty
 
 
 def test_phase_bytes_and_one_time_bytes_sum_the_message_log() -> None:
@@ -179,20 +211,23 @@ def test_phase_bytes_and_one_time_bytes_sum_the_message_log() -> None:
 
 
 def test_fisher_vs_random_compares_at_the_smaller_byte_budget(tmp_path: Path) -> None:
-    # Prepare
-    write_run(tmp_path, "fish", [0.1, 0.6, 0.7, 0.8], [0, 40, 50, 60], strategy="fedfish", density=0.02)
-    write_run(tmp_path, "rand", [0.1, 0.3, 0.5], [0, 20, 45], strategy="random-fixed", density=0.02)
+    # Prepare: the random mask's run is shorter (50 bytes); FedFish's 3-round mean at round 5
+    # (50 bytes) is (0.7 + 0.75 + 0.8) / 3, the random mask's at its round 5 (0.4 + 0.5 + 0.5) / 3
+    write_run(tmp_path, "fish", [0.1, 0.6, 0.65, 0.7, 0.75, 0.8, 0.8], [10 * r for r in range(7)],
+              strategy="fedfish", density=0.02)
+    write_run(tmp_path, "rand", [0.1, 0.2, 0.3, 0.4, 0.5, 0.5], [10 * r for r in range(6)],
+              strategy="random-fixed", density=0.02)
     rounds, _, _ = an.load_results(tmp_path)
 
     # Execute
-    pairs = an.fisher_vs_random(rounds)
+    pairs = ma.fisher_vs_random(rounds)
 
-    # Assert: budget 45 bytes; FedFish had reached 0.6 by then, the random mask 0.5
+    # Assert
     assert len(pairs) == 1
     row = pairs.iloc[0]
     assert (row["fisher_run"], row["random_run"]) == ("fish", "rand")
-    assert row["mb_budget"] == pytest.approx(45 / 1e6)
-    assert (row["fisher_accuracy"], row["random_accuracy"]) == (0.6, 0.5)
+    assert row["mb_budget"] == pytest.approx(50 / 1e6)
+    assert row["fisher_accuracy"] == pytest.approx(0.75) and row["random_accuracy"] == pytest.approx(1.4 / 3)
 
 
 def test_mask_overlap_is_jaccard() -> None:
@@ -201,35 +236,18 @@ def test_mask_overlap_is_jaccard() -> None:
     b = np.array([1, 0, 1, 0], dtype=bool)
 
     # Execute
-    overlap = an.mask_overlap([a, b, a])
+    overlap = ma.mask_overlap([a, b, a])
 
     # Assert
     assert overlap.to_numpy().tolist() == [[1.0, 1 / 3, 1.0], [1 / 3, 1.0, 1 / 3], [1.0, 1 / 3, 1.0]]
 
 
-def test_summary_table_keeps_the_demo_columns(tmp_path: Path) -> None:
-    # Prepare
-    write_run(tmp_path, "fedavg", [0.1, 0.8], [0, 100], strategy="fedavg")
-    write_run(tmp_path, "fedfish", [0.1, 0.79], [0, 10], strategy="fedfish")
-    rounds, _, _ = an.load_results(tmp_path)
-
-    # Execute
-    table = an.summary_table(rounds)
-
-    # Assert
-    assert table.attrs["target"] == pytest.approx(0.79)
-    assert table.loc["fedfish", "savings_to_target"] == pytest.approx(10.0)
-    assert table.loc["fedfish", "savings_total"] == pytest.approx(10.0)
-
-
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda r: an.savings_table(r, margin=1.0), r"margin must be in \[0, 1\)"),
-        (lambda r: an.savings_table(r, margin=-0.1), r"margin must be in \[0, 1\)"),
-        (lambda r: an.savings_table(r, final_window=0), "final_window must be >= 1"),
-        (lambda r: an.bytes_to_reach(r, 0.5, "_sideways"), "direction must be one of"),
-        (lambda r: an.client_fisher_masks("nowhere", [0], weights="middle"), "weights must be 'initial' or 'final'"),
+        (lambda r: sv.savings_table(r, margin=1.0), r"margin must be in \[0, 1\)"),
+        (lambda r: sv.savings_table(r, margin=-0.1), r"margin must be in \[0, 1\)"),
+        (lambda r: ma.client_fisher_masks("nowhere", [0], weights="middle"), "weights must be 'initial' or 'final'"),
     ],
 )
 def test_invalid_arguments_are_refused(call, match: str, sweep_folder: Path) -> None:  # noqa: ANN001
@@ -244,3 +262,23 @@ def test_invalid_arguments_are_refused(call, match: str, sweep_folder: Path) -> 
 def test_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no finished run folders"):
         an.load_results(tmp_path)
+
+
+def test_bench_savings_reads_committed_evidence_and_ends_with_the_result_line(
+    sweep_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: the hand-made sweep as committed evidence of the crossdevice sweep
+    evidence = tmp_path / "evidence"
+    evidence.mkdir()
+    sweep_folder.rename(evidence / "crossdevice")
+
+    # Execute
+    savings_main(["--no-run", "--evidence", str(evidence)])
+
+    # Assert: FedFish 2% saves 13.5x at alpha 0.5 (goal 50: missed, and said so); nothing ran
+    # at alpha 0.1 or from scratch; the random mask never reached the target
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == ("RESULT savings_finetune_alpha0.5=13.5 savings_finetune_alpha0.1=nan "
+                         "savings_scratch_alpha0.5=nan fish_vs_random_finetune=inf")
+    verdict = next(line for line in lines if line.startswith("savings_finetune_alpha0.5:"))
+    assert "fedfish 2%: 13.5x" in verdict and verdict.endswith("goal >= 50: missed")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from simulations.config import KEY_HELP, ConfigError, RunConfig, markdown_table
-from simulations.run import parse_overrides
+from simulations.run import parse_overrides, simulation_backend_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,3 +77,27 @@ def test_cli_overrides_parse_as_toml_scalars() -> None:
 def test_bad_values_are_refused_naming_the_key(values: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         RunConfig.from_mapping(values)
+
+
+@pytest.mark.parametrize(("cpus", "gpus", "override", "share"), [
+    (2, 0, None, 0.0),        # no GPU: clients stay on the CPU
+    (16, 1, None, 1 / 16),    # one GPU shared by as many clients as there are cores
+    (8, 2, None, 2 / 8),
+    (16, 1, "0", 0.0),        # the user keeps clients off the GPU
+    (16, 1, "0.5", 0.5),
+])
+def test_simulation_asks_ray_for_a_gpu_share_when_there_is_one(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, gpus: int, override: str | None, share: float
+) -> None:
+    # Prepare
+    if override is None:
+        monkeypatch.delenv("FEDFISH_CLIENT_GPUS", raising=False)
+    else:
+        monkeypatch.setenv("FEDFISH_CLIENT_GPUS", override)
+
+    # Execute
+    backend = simulation_backend_config(cpus=cpus, gpus=gpus)
+
+    # Assert
+    assert backend["client_resources"] == {"num_cpus": 1, "num_gpus": pytest.approx(share)}
+    assert backend["init_args"]["num_cpus"] == cpus and backend["init_args"]["num_gpus"] == gpus

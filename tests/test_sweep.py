@@ -15,11 +15,12 @@ import pytest
 from simulations import sweep as sweep_mod
 from simulations.analysis import POINT_FILE, run_dirs
 from simulations.config import ConfigError, RunConfig
-from simulations.sweep import Point, load_sweep, parse_sweep, point_status, run_sweep
+from simulations.sweep import export_evidence, point_status, run_sweep
+from simulations.sweep_file import Point, load_sweep, parse_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "simulations" / "sweeps" / "quick.toml"
-README = REPO / "simulations" / "sweeps" / "readme.toml"
+DEMO = REPO / "simulations" / "sweeps" / "demo.toml"
 
 
 def _grid(**extra: object) -> dict:
@@ -61,10 +62,10 @@ def fake_runner(fail: set[str] = frozenset()):  # noqa: ANN201 - returns a Runne
 def test_committed_sweep_files_expand_to_the_documented_grids(tmp_path: Path) -> None:
     # Execute
     quick = load_sweep(QUICK, tmp_path)
-    readme = load_sweep(README, tmp_path)
+    demo = load_sweep(DEMO, tmp_path)
 
     # Assert
-    assert len(quick.points) == 6 and len(readme.points) == 2 * 2 * 2 * 7
+    assert len(quick.points) == 6
     first = quick.points[0]
     assert first.name == "seed0_alpha0.5_finetune_fedavg"
     assert first.axes == {"seed": "seed0", "alpha": "alpha0.5", "scenario": "finetune", "method": "fedavg"}
@@ -72,9 +73,12 @@ def test_committed_sweep_files_expand_to_the_documented_grids(tmp_path: Path) ->
     assert first.run_dir == tmp_path / "quick" / first.name
     # {results-dir} puts the sweep's checkpoint beside its results.
     assert first.config.initial_model == quick.pretrain["out"] == f"{tmp_path}/pretrained/cnn-fmnist-holdout0.01-quick.pt"
-    strategies = {(p.axes["method"], p.config.strategy, p.config.density) for p in readme.points}
-    assert ("fedfish 0.5%", "fedfish", 0.005) in strategies and ("topk-ef 2%", "topk-ef", 0.02) in strategies
-    assert {p.config.alpha for p in readme.points} == {0.1, 0.5} and {p.config.seed for p in readme.points} == {0, 1}
+    # The demo: the cross-device regime, FedFish given more (cheap) rounds than FedAvg
+    assert [(p.name, p.config.strategy, p.config.num_server_rounds) for p in demo.points] == [
+        ("fedavg", "fedavg", 20), ("fedfish-2pct", "fedfish", 30)]
+    assert {(p.config.num_partitions, p.config.fraction_train, p.config.samples_per_client) for p in demo.points} == {
+        (100, 0.1, 0)}
+    assert all(p.config.initial_model == demo.pretrain["out"] for p in demo.points)
 
 
 def test_the_crossdevice_sweep_runs_the_priority_points_first(tmp_path: Path) -> None:
@@ -193,13 +197,52 @@ def test_point_recorded_before_a_key_existed_is_done_only_if_the_key_is_at_its_d
     run_sweep(sweep, fake_runner()[0], progress=False)
     marker = sweep.points[0].run_dir / POINT_FILE
     info = json.loads(marker.read_text())
-    del info["config"]["client-state-dir"]
+    del info["config"]["aggregator"]
     marker.write_text(json.dumps(info))
-    moved = parse_sweep(_grid(axes={"seed": [0]}, base={"client-state-dir": "elsewhere"}), tmp_path)
+    robust = parse_sweep(_grid(axes={"seed": [0]}, base={"num-server-rounds": 2, "num-partitions": 2,
+                                                         "aggregator": "median"}), tmp_path)
 
     # Execute / Assert
     assert point_status(sweep.points[0]) == "done"
-    assert point_status(moved.points[0]) == "stale"
+    assert point_status(robust.points[0]) == "stale"
+
+
+def test_keys_that_change_how_a_point_runs_but_not_its_results_keep_it_done(tmp_path: Path) -> None:
+    # Prepare
+    sweep = parse_sweep(_grid(axes={"seed": [0]}), tmp_path)
+    run_sweep(sweep, fake_runner()[0], progress=False)
+    base = {"num-server-rounds": 2, "num-partitions": 2}
+    patient = parse_sweep(_grid(axes={"seed": [0]}, base=base | {"round-timeout": 3600.0}), tmp_path)
+    moved = parse_sweep(_grid(axes={"seed": [0]}, base=base | {"client-state-dir": "elsewhere"}), tmp_path)
+    other_seed_data = parse_sweep(_grid(axes={"seed": [0]}, base=base | {"holdout-fraction": 0.05}), tmp_path)
+
+    # Execute / Assert
+    assert [point_status(s.points[0]) for s in (patient, moved, other_seed_data)] == ["done", "done", "stale"]
+
+
+def test_export_copies_the_evidence_of_finished_points_only(tmp_path: Path) -> None:
+    # Prepare: one point failed, one still running, two done; the destination already holds
+    # a point from an earlier export
+    sweep = parse_sweep(_grid(), tmp_path / "results")
+    run_sweep(sweep, fake_runner(fail={"seed0_fedfish-2pct"})[0], progress=False)
+    running = sweep.points[2].run_dir  # seed1_fedavg
+    (running / POINT_FILE).write_text(json.dumps({"status": "running"}))
+    for point in sweep.points:
+        (point.run_dir / "model.pt").write_bytes(b"weights")
+    earlier = tmp_path / "evidence" / "t" / "seed9_fedavg"
+    earlier.mkdir(parents=True)
+
+    # Execute
+    exported = export_evidence(sweep.folder, tmp_path / "evidence" / "t")
+
+    # Assert
+    assert exported == ["seed0_fedavg", "seed1_fedfish-2pct"]
+    dest = tmp_path / "evidence" / "t"
+    assert sorted(p.name for p in dest.iterdir()) == ["seed0_fedavg", "seed1_fedfish-2pct", "seed9_fedavg"]
+    assert sorted(p.name for p in (dest / "seed0_fedavg").iterdir()) == ["config.json", "rounds.csv", POINT_FILE]
+    source = sweep.points[0].run_dir
+    assert (dest / "seed0_fedavg" / "rounds.csv").read_bytes() == (source / "rounds.csv").read_bytes()
+    assert [p.name for p in run_dirs(dest)] == ["seed0_fedavg", "seed1_fedfish-2pct"]  # loadable as a sweep
 
 
 def test_a_point_that_writes_too_few_rounds_fails(tmp_path: Path) -> None:
