@@ -2,6 +2,7 @@
 
     python -m bench.savings            # run (or resume) the sweep into results/, then analyse it
     python -m bench.savings --no-run   # analyse the committed evidence in docs/results/ only
+    python -m bench.savings --no-run --markdown   # ... and print the tables docs/results.md shows
 
 The sweep is ``simulations/sweeps/crossdevice.toml`` (100 clients, 10 per round, full
 Fashion-MNIST less a 2% public split, 3 seeds, every run until it levels off); the rules
@@ -83,6 +84,37 @@ def equal_bytes(table: pd.DataFrame, scenario: str, alpha: float, first: str, se
         f"{label} {row['final_accuracy']:.4f} after {row['mb_total']:.0f} MB ({row['seeds']} seeds)" for label, row in rows)
 
 
+def _spread_text(value: float, low: float, high: float, fmt: str, unit: str = "") -> str:
+    """``value`` and, where the seeds differ, its min-max: ``31.1x (28.0-33.9)``."""
+    if math.isnan(value):
+        return "-"
+    text = f"{value:{fmt}}{unit}"
+    if not (math.isnan(low) or math.isnan(high)) and f"{low:{fmt}}" != f"{high:{fmt}}":
+        text += f" ({low:{fmt}}-{high:{fmt}})"
+    return text
+
+
+def markdown_tables(table: pd.DataFrame) -> str:
+    """One markdown table per (scenario, alpha): mean over seeds, min-max in brackets."""
+    out = []
+    for (scenario, alpha), group in table.groupby(level=["scenario", "alpha"], sort=False):
+        target = float(group["target"].iloc[0])
+        out += [f"**{scenario}, alpha {alpha:g}** (target {target:.4f})", "",
+                "| method | seeds | rounds | final accuracy | MB total | reached | MB to target | savings "
+                "| acc @1% / 5% of FedAvg's MB |", "|---|---|---|---|---|---|---|---|---|"]
+        for (_, _, label), row in group.iterrows():
+            budgets = " / ".join("-" if math.isnan(row[c]) else f"{row[c]:.4f}" for c in ("acc_at_1pct", "acc_at_5pct"))
+            mb_total = f"{row['mb_total']:,.0f}" if row["mb_total"] >= 1000 else f"{row['mb_total']:.1f}"
+            out.append(
+                f"| {label} | {row['seeds']} | {row['rounds']:.0f} "
+                f"| {_spread_text(row['final_accuracy'], row['final_min'], row['final_max'], '.4f')} "
+                f"| {mb_total} | {row['reached']}/{row['seeds']} "
+                f"| {_spread_text(row['mb_to_target'], row['mb_to_target_min'], row['mb_to_target_max'], ',.1f')} "
+                f"| {_spread_text(row['savings'], row['savings_min'], row['savings_max'], '.1f', 'x')} | {budgets} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--evidence", default=EVIDENCE, help="committed config.json + rounds.csv (with --no-run)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="run-config keys for every point")
     parser.add_argument("--no-run", action="store_true", help="only analyse the committed evidence")
+    parser.add_argument("--markdown", action="store_true", help="also print a markdown table per group")
     args = parser.parse_args(argv)
     sweep = load_sweep(SWEEP, args.results_dir, parse_overrides(args.set))
     if args.no_run:
@@ -106,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     with pd.option_context("display.width", 250, "display.max_rows", 200, "display.max_columns", 20):
         print(table[columns].to_string(float_format=lambda v: f"{v:.4g}"))
     print()
+    if args.markdown:
+        print(markdown_tables(table))
     results: dict[str, float] = {}
     for goal in GOALS:
         results[goal.key], line = verdict(goal, table)

@@ -282,3 +282,23 @@ def test_bench_savings_reads_committed_evidence_and_ends_with_the_result_line(
                          "savings_scratch_alpha0.5=nan fish_vs_random_finetune=inf")
     verdict = next(line for line in lines if line.startswith("savings_finetune_alpha0.5:"))
     assert "fedfish 2%: 13.5x" in verdict and verdict.endswith("goal >= 50: missed")
+
+
+def test_bench_savings_markdown_tables_show_each_method_with_its_savings(
+    sweep_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    evidence = tmp_path / "evidence"
+    evidence.mkdir()
+    sweep_folder.rename(evidence / "crossdevice")
+
+    # Execute
+    savings_main(["--no-run", "--evidence", str(evidence), "--markdown"])
+
+    # Assert: one table for the one group, a row per method, FedAvg at 1x and FedFish 2% at 13.5x
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("**finetune, alpha 0.5** (target ") for line in lines) == 1
+    rows = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| ") and "---" not in line}
+    assert "| 1.0x |" in rows["fedavg"]
+    assert "| 13.5x" in rows["fedfish 2%"]
+    assert "| - |" in rows["random-fixed 2%"]
