@@ -9,7 +9,8 @@ is reported and the sweep goes on. Results go to ``<results-dir>/<name>/<point>/
 ``sweep-point.json`` saying ``running``, ``done`` or ``failed``; on a rerun, ``done``
 points whose config is unchanged are skipped and every other point is redone from scratch.
 ``--export`` copies the evidence of the finished points (``config.json``, ``rounds.csv``,
-``sweep-point.json``: no models, no client state) to a folder meant to be committed.
+``sweep-point.json``: no models, no client state) to a folder meant to be committed, and
+the pretrained checkpoint's record (how it was made, a digest of its weights) beside them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from fedfish.layout import params_digest
 from simulations.analysis import POINT_FILE
 from simulations.config import RunConfig
 from simulations.results import write_json
@@ -173,6 +177,27 @@ def export_evidence(folder: str | Path, dest: str | Path) -> list[str]:
     return exported
 
 
+def export_pretrain_record(sweep: Sweep, dest: str | Path) -> Path | None:
+    """Write ``<dest>/pretrained.json``: how the fine-tuning points' checkpoint was made
+    (its ``<out>.json``) and ``weights-digest``, a digest of its weights.
+
+    The checkpoint is a model, not evidence, so it is not exported; a sweep resumed on another
+    machine pretrains it again, and the digest says whether that is the model the exported
+    points started from. None when the sweep pretrains nothing or has not yet.
+    """
+    if not sweep.pretrain or not Path(sweep.pretrain["out"]).is_file():
+        return None
+    out = Path(sweep.pretrain["out"])
+    state = torch.load(out, map_location="cpu", weights_only=True)
+    weights = torch.cat([t.reshape(-1).float() for t in state.values() if t.is_floating_point()])
+    record = json.loads(out.with_name(out.name + ".json").read_text())
+    record["path"] = out.name  # the machine's own path would mislead a reader elsewhere
+    target = Path(dest) / "pretrained.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_json(target, {**record, "weights-digest": params_digest(weights)})
+    return target
+
+
 def _remove_client_state(point: Point) -> None:
     # A point is never resumed (a half-written one is redone), so its clients' on-disk
     # state (~7 MB per client) is of no further use.
@@ -272,8 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         sweep = dataclasses.replace(sweep, points=[p for p in sweep.points if re.search(args.only, p.name)])
     if args.export:
-        names = export_evidence(sweep.folder, Path(args.export) / sweep.name)
-        print(f"exported {len(names)} finished points of {len(sweep.points)} to {Path(args.export) / sweep.name}")
+        dest = Path(args.export) / sweep.name
+        names = export_evidence(sweep.folder, dest)
+        print(f"exported {len(names)} finished points of {len(sweep.points)} to {dest}")
+        if record := export_pretrain_record(sweep, dest):
+            print(f"pretrained checkpoint's record -> {record}")
         return 0
     if args.dry_run:
         for point in sweep.points:

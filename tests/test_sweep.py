@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from simulations import sweep as sweep_mod
 from simulations.analysis import POINT_FILE, run_dirs
@@ -243,6 +245,28 @@ def test_export_copies_the_evidence_of_finished_points_only(tmp_path: Path) -> N
     source = sweep.points[0].run_dir
     assert (dest / "seed0_fedavg" / "rounds.csv").read_bytes() == (source / "rounds.csv").read_bytes()
     assert [p.name for p in run_dirs(dest)] == ["seed0_fedavg", "seed1_fedfish-2pct"]  # loadable as a sweep
+
+
+def test_export_records_the_pretrained_checkpoint_by_a_digest_of_its_weights(tmp_path: Path) -> None:
+    # Prepare: a sweep whose fine-tuning checkpoint exists, with the metadata pretrain writes
+    out = tmp_path / "results" / "pretrained" / "net.pt"
+    sweep = parse_sweep(_grid(pretrain={"out": str(out), "epochs": 1}), tmp_path / "results")
+    out.parent.mkdir(parents=True)
+    weights = {"w": torch.tensor([[1.5, -2.0]]), "b": torch.tensor([0.25]), "steps": torch.tensor(7)}
+    torch.save(weights, out)
+    (out.parent / "net.pt.json").write_text(json.dumps({"path": str(out), "test_accuracy": 0.8, "seed": 0}))
+    # The oracle: sha256 of the floating tensors' fp32 bytes in state_dict order
+    expected = hashlib.sha256(np.array([1.5, -2.0, 0.25], dtype=np.float32).tobytes()).hexdigest()[:16]
+
+    # Execute
+    record = json.loads(sweep_mod.export_pretrain_record(sweep, tmp_path / "evidence").read_text())
+    torch.save({**weights, "b": torch.tensor([0.5])}, out)
+    retrained = json.loads(sweep_mod.export_pretrain_record(sweep, tmp_path / "evidence").read_text())
+
+    # Assert
+    assert record == {"path": "net.pt", "test_accuracy": 0.8, "seed": 0, "weights-digest": expected}
+    assert retrained["weights-digest"] != expected
+    assert sweep_mod.export_pretrain_record(parse_sweep(_grid(), tmp_path), tmp_path / "none") is None
 
 
 def test_a_point_that_writes_too_few_rounds_fails(tmp_path: Path) -> None:
