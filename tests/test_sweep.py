@@ -445,3 +445,16 @@ def test_pretrain_refuses_an_empty_or_oversized_holdout(fraction: float, match: 
 
     with pytest.raises(ValueError, match=match):
         pretrain(tmp_path / "x.pt", holdout_fraction=fraction)
+
+
+def test_exported_evidence_is_not_ignored_by_git() -> None:
+    # The evidence is committed: a .gitignore rule for run outputs must not swallow it.
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = ["docs/results/crossdevice/alpha0.5_finetune_seed0_fedavg/rounds.csv", "results/x/rounds.csv"]
+
+    # Execute
+    ignored = subprocess.run(["git", "check-ignore", *paths], cwd=REPO, capture_output=True, text=True).stdout.split()
+
+    # Assert
+    assert ignored == ["results/x/rounds.csv"]
