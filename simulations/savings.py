@@ -123,7 +123,7 @@ def best_of(table: pd.DataFrame, strategy: str = "fedfish") -> pd.DataFrame:
     groups = [name for name in table.index.names if name != "label"]
     picked = [frame.sort_values(["savings", "final_accuracy"], ascending=False, na_position="last").iloc[0]
               for _, frame in (rows.groupby(groups, sort=False) if groups else [((), rows)])]
-    out = pd.DataFrame(picked)
+    out = pd.DataFrame(picked, columns=rows.columns)  # the columns even when no group has the strategy
     return out.set_index(groups) if groups else out
 
 

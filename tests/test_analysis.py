@@ -177,6 +177,18 @@ def test_best_of_picks_the_best_fedfish_and_keeps_misses_visible(sweep_folder: P
     assert math.isnan(missing.loc["finetune", "savings"])
 
 
+def test_best_of_a_strategy_not_run_yet_is_an_empty_table(sweep_folder: Path) -> None:
+    # Prepare: only FedAvg has finished (the first point of a sweep)
+    rounds, _, _ = an.load_results(sweep_folder)
+    table = sv.savings_table(rounds[rounds["strategy"] == "fedavg"], by=("scenario",))
+
+    # Execute
+    best = sv.best_of(table, "fedfish")
+
+    # Assert: no rows, and the group is looked up, not a KeyError
+    assert best.empty and "finetune" not in best.index
+
+
 def test_ratio_of_bytes_between_two_methods(sweep_folder: Path) -> None:
     # Prepare
     rounds, _, _ = an.load_results(sweep_folder)
