@@ -2,6 +2,7 @@
 
     python -m simulations.sweep simulations/sweeps/quick.toml [--set num-server-rounds=3] [--dry-run]
     python -m simulations.sweep simulations/sweeps/crossdevice.toml --export docs/results
+    python -m simulations.sweep simulations/sweeps/crossdevice.toml --import docs/results   # elsewhere
 
 The file format is :mod:`simulations.sweep_file`'s. Each point runs in its own process
 (``python -m simulations.run``), so a crash or a hung Ray worker costs that point only: it
@@ -10,7 +11,8 @@ is reported and the sweep goes on. Results go to ``<results-dir>/<name>/<point>/
 points whose config is unchanged are skipped and every other point is redone from scratch.
 ``--export`` copies the evidence of the finished points (``config.json``, ``rounds.csv``,
 ``sweep-point.json``: no models, no client state) to a folder meant to be committed, and
-the pretrained checkpoint's record (how it was made, a digest of its weights) beside them.
+the pretrained checkpoint's record (how it was made, a digest of its weights) beside them;
+``--import`` brings such points into a sweep folder on another machine, and they are skipped.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ LOG_FILE = "run.log"
 EVIDENCE_FILES = ("config.json", "rounds.csv", POINT_FILE)
 # Keys that say how a point is carried out, not what it computes: a finished point stays
 # finished when they change (a longer round timeout does not redo a 5-hour sweep).
-OPERATIONAL_KEYS = frozenset({"round-timeout", "client-state-dir"})
+OPERATIONAL_KEYS = frozenset({"round-timeout", "client-state-dir", "results-dir"})
 
 
 @dataclass
@@ -83,11 +85,21 @@ def point_status(point: Point) -> str:
     recorded = info.get("config")
     if info.get("status") != "done" or not isinstance(recorded, dict):
         return "stale"
-    current = point.config.to_mapping()
+    current = _relative_to_results(point.config.to_mapping())
+    recorded = _relative_to_results(recorded)
     defaults = RunConfig().to_mapping()
     done = all(recorded.get(key, defaults[key]) == value
                for key, value in current.items() if key not in OPERATIONAL_KEYS)
     return "done" if done else "stale"
+
+
+def _relative_to_results(config: dict[str, Any]) -> dict[str, Any]:
+    # Files the sweep made beside its results ({results-dir} in the sweep file, e.g. its
+    # pre-trained checkpoint) are named relative to them, so that points imported from a
+    # machine with another results folder still match.
+    root = str(Path(config.get("results-dir", "") or ".").parent) + os.sep
+    return {key: "{results-dir}" + os.sep + value[len(root):] if isinstance(value, str) and value.startswith(root)
+            else value for key, value in config.items()}
 
 
 def run_sweep(sweep: Sweep, runner: Runner | None = None, *, progress: bool = True) -> SweepReport:
@@ -175,6 +187,32 @@ def export_evidence(folder: str | Path, dest: str | Path) -> list[str]:
             shutil.copy2(marker.parent / name, target / name)
         exported.append(marker.parent.name)
     return exported
+
+
+def import_evidence(source: str | Path, folder: str | Path) -> list[str]:
+    """Copy exported points from ``source`` into a sweep folder, so that a sweep resumed on
+    another machine (or after its results folder was lost) skips them.
+
+    Only points whose ``sweep-point.json`` says ``done`` are copied, and never over a folder
+    the sweep already has; whether each still counts as done is decided, as for any point,
+    by :func:`point_status` (same config) when the sweep runs.
+
+    Returns
+    -------
+    list[str]
+        The imported points' names.
+    """
+    imported = []
+    for marker in sorted(Path(source).glob(f"*/{POINT_FILE}")):
+        target = Path(folder) / marker.parent.name
+        try:
+            done = json.loads(marker.read_text()).get("status") == "done"
+        except json.JSONDecodeError:
+            done = False
+        if done and not target.exists():
+            shutil.copytree(marker.parent, target)
+            imported.append(marker.parent.name)
+    return imported
 
 
 def export_pretrain_record(sweep: Sweep, dest: str | Path) -> Path | None:
@@ -288,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or round lines")
     parser.add_argument("--export", default="", metavar="DIR",
                         help="copy the finished points' evidence to DIR/<name>/ and run nothing")
+    parser.add_argument("--import", dest="import_dir", default="", metavar="DIR",
+                        help="first copy the exported points of DIR/<name>/ in, so that they are not run again")
     args = parser.parse_args(argv)
     # SIGTERM (and SIGINT, which background jobs ignore) unwinds like Ctrl-C, so the running
     # point's process group is stopped too; the point stays "running" and is redone next time.
@@ -303,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         if record := export_pretrain_record(sweep, dest):
             print(f"pretrained checkpoint's record -> {record}")
         return 0
+    if args.import_dir:
+        names = import_evidence(Path(args.import_dir) / sweep.name, sweep.folder)
+        print(f"imported {len(names)} finished points from {Path(args.import_dir) / sweep.name}")
     if args.dry_run:
         for point in sweep.points:
             print(f"{point_status(point):>5}  {point.name}")

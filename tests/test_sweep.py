@@ -247,6 +247,25 @@ def test_export_copies_the_evidence_of_finished_points_only(tmp_path: Path) -> N
     assert [p.name for p in run_dirs(dest)] == ["seed0_fedavg", "seed1_fedfish-2pct"]  # loadable as a sweep
 
 
+def test_imported_evidence_is_not_run_again_on_another_machine(tmp_path: Path) -> None:
+    # Prepare: machine A finishes three points (one fails) and exports them; machine B has
+    # a half-written folder of one of them
+    sweep_a = parse_sweep(_grid(), tmp_path / "a")
+    run_sweep(sweep_a, fake_runner(fail={"seed1_fedavg"})[0], progress=False)
+    export_evidence(sweep_a.folder, tmp_path / "evidence" / "t")
+    sweep_b = parse_sweep(_grid(), tmp_path / "b")
+    (sweep_b.folder / "seed1_fedfish-2pct").mkdir(parents=True)
+
+    # Execute
+    imported = sweep_mod.import_evidence(tmp_path / "evidence" / "t", sweep_b.folder)
+    runner, calls = fake_runner()
+    report = run_sweep(sweep_b, runner, progress=False)
+
+    # Assert: the finished points are skipped; the failed one and the half-written one run
+    assert imported == ["seed0_fedavg", "seed0_fedfish-2pct"]
+    assert report.skipped == imported and calls == ["seed1_fedavg", "seed1_fedfish-2pct"]
+
+
 def test_export_records_the_pretrained_checkpoint_by_a_digest_of_its_weights(tmp_path: Path) -> None:
     # Prepare: a sweep whose fine-tuning checkpoint exists, with the metadata pretrain writes
     out = tmp_path / "results" / "pretrained" / "net.pt"
