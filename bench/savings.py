@@ -66,12 +66,13 @@ def verdict(goal: Goal, table: pd.DataFrame) -> tuple[float, str]:
         outcome = f"missed: reached in {row['reached']} of {row['seeds']} seeds"
     else:
         outcome = "met" if value >= goal.at_least else "missed"
-    spread = f"{row['savings_min']:.1f}-{row['savings_max']:.1f}x" if not math.isnan(row["savings_min"]) else "-"
-    return value, (
-        f"{row['label']}: {value:.1f}x (seeds {spread}), {row['mb_to_target']:.1f} MB to {row['target']:.4f}, "
-        f"final {row['final_accuracy']:.4f}; FedAvg seeds {fedavg_seeds}, FedFish seeds {row['seeds']}; "
-        f"goal >= {goal.at_least:g}: {outcome}"
-    )
+    seeds = f"FedAvg seeds {fedavg_seeds}, FedFish seeds {row['seeds']}; goal >= {goal.at_least:g}: {outcome}"
+    if math.isnan(value):
+        return value, (f"{row['label']} (the closest FedFish setting): target {row['target']:.4f} not reached, "
+                       f"final {row['final_accuracy']:.4f} after {row['mb_total']:.1f} MB; {seeds}")
+    spread = f"{row['savings_min']:.1f}-{row['savings_max']:.1f}x"
+    return value, (f"{row['label']}: {value:.1f}x (seeds {spread}), {row['mb_to_target']:.1f} MB to "
+                   f"{row['target']:.4f}, final {row['final_accuracy']:.4f}; {seeds}")
 
 
 def equal_bytes(table: pd.DataFrame, scenario: str, alpha: float, first: str, second: str) -> str:

@@ -296,6 +296,27 @@ def test_bench_savings_reads_committed_evidence_and_ends_with_the_result_line(
     assert "fedfish 2%: 13.5x" in verdict and verdict.endswith("goal >= 50: missed")
 
 
+def test_bench_savings_says_plainly_when_no_fedfish_setting_reached_the_target(
+    sweep_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: FedFish seed 1 stops at round 2, below the target
+    evidence = tmp_path / "evidence"
+    evidence.mkdir()
+    sweep_folder.rename(evidence / "crossdevice")
+    short = evidence / "crossdevice" / "seed1_finetune_fedfish" / "rounds.csv"
+    pd.read_csv(short).head(3).to_csv(short, index=False)
+
+    # Execute
+    savings_main(["--no-run", "--evidence", str(evidence)])
+
+    # Assert: no savings figure, and the line names the closest setting and where it ended
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("RESULT savings_finetune_alpha0.5=nan ")
+    verdict = next(line for line in lines if line.startswith("savings_finetune_alpha0.5:"))
+    assert "fedfish 2% (the closest FedFish setting): target " in verdict and "not reached, final " in verdict
+    assert "nan" not in verdict and verdict.endswith("goal >= 50: missed: reached in 1 of 2 seeds")
+
+
 def test_bench_savings_markdown_tables_show_each_method_with_its_savings(
     sweep_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
