@@ -160,6 +160,18 @@ def run_sweep(sweep: Sweep, runner: Runner | None = None, *, progress: bool = Tr
     return report
 
 
+def _done_markers(folder: str | Path) -> list[Path]:
+    """The ``sweep-point.json`` files under ``folder`` that say ``done``, by point name."""
+    done = []
+    for marker in sorted(Path(folder).glob(f"*/{POINT_FILE}")):
+        try:
+            if json.loads(marker.read_text()).get("status") == "done":
+                done.append(marker)
+        except json.JSONDecodeError:
+            continue  # half-written: not done
+    return done
+
+
 def export_evidence(folder: str | Path, dest: str | Path) -> list[str]:
     """Copy every finished point's evidence from a sweep folder to ``dest``.
 
@@ -174,13 +186,7 @@ def export_evidence(folder: str | Path, dest: str | Path) -> list[str]:
         The exported points' names.
     """
     exported = []
-    for marker in sorted(Path(folder).glob(f"*/{POINT_FILE}")):
-        try:
-            done = json.loads(marker.read_text()).get("status") == "done"
-        except json.JSONDecodeError:
-            done = False
-        if not done:
-            continue
+    for marker in _done_markers(folder):
         target = Path(dest) / marker.parent.name
         target.mkdir(parents=True, exist_ok=True)
         for name in EVIDENCE_FILES:
@@ -203,13 +209,9 @@ def import_evidence(source: str | Path, folder: str | Path) -> list[str]:
         The imported points' names.
     """
     imported = []
-    for marker in sorted(Path(source).glob(f"*/{POINT_FILE}")):
+    for marker in _done_markers(source):
         target = Path(folder) / marker.parent.name
-        try:
-            done = json.loads(marker.read_text()).get("status") == "done"
-        except json.JSONDecodeError:
-            done = False
-        if done and not target.exists():
+        if not target.exists():
             shutil.copytree(marker.parent, target)
             imported.append(marker.parent.name)
     return imported
