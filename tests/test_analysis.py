@@ -83,6 +83,15 @@ def sweep_folder(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.fixture
+def evidence(sweep_folder: Path, tmp_path: Path) -> Path:
+    """The hand-made sweep as committed evidence of the crossdevice sweep (``--evidence``)."""
+    folder = tmp_path / "evidence"
+    folder.mkdir()
+    sweep_folder.rename(folder / "crossdevice")
+    return folder
+
+
 def test_load_results_adds_sweep_columns_and_skips_unfinished_points(sweep_folder: Path) -> None:
     # Prepare
     write_run(sweep_folder, "seed2_finetune_fedavg", [0.1, 0.2], [0, 5], axes={"seed": "seed2"}, status="running")
@@ -277,13 +286,8 @@ def test_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_bench_savings_reads_committed_evidence_and_ends_with_the_result_line(
-    sweep_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    evidence: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Prepare: the hand-made sweep as committed evidence of the crossdevice sweep
-    evidence = tmp_path / "evidence"
-    evidence.mkdir()
-    sweep_folder.rename(evidence / "crossdevice")
-
     # Execute
     savings_main(["--no-run", "--evidence", str(evidence)])
 
@@ -297,12 +301,9 @@ def test_bench_savings_reads_committed_evidence_and_ends_with_the_result_line(
 
 
 def test_bench_savings_says_plainly_when_no_fedfish_setting_reached_the_target(
-    sweep_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    evidence: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Prepare: FedFish seed 1 stops at round 2, below the target
-    evidence = tmp_path / "evidence"
-    evidence.mkdir()
-    sweep_folder.rename(evidence / "crossdevice")
     short = evidence / "crossdevice" / "seed1_finetune_fedfish" / "rounds.csv"
     pd.read_csv(short).head(3).to_csv(short, index=False)
 
@@ -318,13 +319,8 @@ def test_bench_savings_says_plainly_when_no_fedfish_setting_reached_the_target(
 
 
 def test_bench_savings_markdown_tables_show_each_method_with_its_savings(
-    sweep_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    evidence: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Prepare
-    evidence = tmp_path / "evidence"
-    evidence.mkdir()
-    sweep_folder.rename(evidence / "crossdevice")
-
     # Execute
     savings_main(["--no-run", "--evidence", str(evidence), "--markdown"])
 
