@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     print("|---" * (len(table.columns) + 1) + "|")
     for name, row in table.iterrows():
         # A row is one Series, so its counts come back as floats; NaN: that defence cannot be turned off.
-        cells = [f"{row.iloc[0]:.4f}",
-                 "always on" if pd.isna(row.iloc[1]) else f"{row.iloc[1]:.4f}",
-                 str(int(row.iloc[2]))]
+        undefended = row["accuracy (defences off)"]
+        cells = [f"{row['accuracy (defaults)']:.4f}",
+                 "always on" if pd.isna(undefended) else f"{undefended:.4f}",
+                 str(int(row["rejected replies (defaults)"]))]
         print(f"| {name} | " + " | ".join(cells) + " |")
     honest = table.loc["honest"]
     worst = table.loc[list(ATTACKS), "accuracy (defaults)"].min()
