@@ -3,28 +3,52 @@
 The public split is ``fedfish.partition.holdout_indices(N, holdout_fraction)`` of the training
 set; runs with the same ``holdout-fraction`` leave it out of every client's partition, so
 no client holds a sample the checkpoint saw. Training is seeded (model init, shuffling,
-single-threaded torch), so the same arguments give the same checkpoint bit for bit::
+single-threaded torch), so the same arguments give the same checkpoint bit for bit on the
+same CPU kernels; :func:`pretrain_pinned` (what sweeps use) also pins those kernels, so that
+x86-64 machines of different generations agree::
 
     python -m simulations.pretrain --holdout-fraction 0.1 --epochs 2 --out results/pretrained/cnn-fmnist.pt
 
 The saved ``state_dict`` is what the run-config key ``initial-model`` loads; a JSON
-sidecar (``<out>.json``) records the arguments, split size and test accuracy.
+sidecar (``<out>.json``) records the arguments, split size and test accuracy. A sweep keeps
+:func:`checkpoint_record` of it (the sidecar and a digest of the weights) as
+``pretrained.json`` and refuses to go on from a checkpoint with other weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedfish.dataconfig import DataConfig
 from fedfish.datasource import data_info, load_split
+from fedfish.layout import params_digest
 from fedfish.models import seeded_model
 from fedfish.training import TrainConfig, evaluate, masked_train
 from simulations.results import save_state_dict, write_json
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RECORD_FILE = "pretrained.json"
+# ATen, oneDNN and MKL each dispatch to the widest vector instructions the CPU has (AVX-512,
+# AMX), and wider kernels sum in another order: the crossdevice checkpoint pretrained on an
+# AVX-512 machine reached 0.7703 test accuracy where an AVX2 machine's reached 0.8027 (same
+# seed, same code, measured). Pinning all three to AVX2, which every x86-64 CPU since 2013
+# has, reproduced the AVX2 machine's weights bit for bit on the AVX-512 one; no single pin did.
+PINNED_X86_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+class CheckpointMismatchError(ValueError):
+    """A sweep's checkpoint is not the one its finished points started from."""
 
 
 @dataclass(frozen=True)
@@ -124,8 +148,87 @@ def pretrain(
     return result
 
 
+def pinned_kernel_env(machine: str | None = None) -> dict[str, str]:
+    """The environment variables that pin torch's CPU kernels on ``machine`` (default: this
+    one's ``platform.machine()``): :data:`PINNED_X86_KERNELS` on x86-64, none elsewhere."""
+    machine = (machine or platform.machine()).lower()
+    return dict(PINNED_X86_KERNELS) if machine in ("x86_64", "amd64") else {}
+
+
+def pretrain_pinned(out: str | Path, **kwargs: Any) -> PretrainResult:
+    """:func:`pretrain` in a fresh interpreter with :func:`pinned_kernel_env` (the kernels are
+    chosen when torch loads, so the pins cannot be set from inside this process).
+
+    Parameters
+    ----------
+    out : str | Path
+        As for :func:`pretrain`.
+    **kwargs : Any
+        :func:`pretrain`'s keyword arguments (JSON-serialisable).
+
+    Returns
+    -------
+    PretrainResult
+
+    Raises
+    ------
+    RuntimeError
+        The pretraining process failed; its last output lines are in the message.
+    """
+    env = dict(os.environ) | pinned_kernel_env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    arguments = json.dumps({"out": str(out), **kwargs})
+    process = subprocess.run([sys.executable, "-m", "simulations.pretrain", "--kwargs", arguments],
+                             capture_output=True, text=True, env=env, check=False)
+    if process.returncode != 0:
+        tail = "\n".join((process.stdout + process.stderr).strip().splitlines()[-10:])
+        raise RuntimeError(f"pretraining {out} failed (exit status {process.returncode}):\n{tail}")
+    sidecar = json.loads(Path(f"{out}.json").read_text())
+    return PretrainResult(str(out), sidecar["holdout_samples"], sidecar["test_accuracy"])
+
+
+def weights_digest(path: str | Path) -> str:
+    """``fedfish.layout.params_digest`` of a saved ``state_dict``'s floating tensors (fp32,
+    in ``state_dict`` order): what says whether two checkpoints are the same model."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return params_digest(torch.cat([t.reshape(-1).float() for t in state.values() if t.is_floating_point()]))
+
+
+def checkpoint_record(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's sidecar (how it was made) with ``weights-digest``; ``path`` is the file's
+    name only, since the machine's own folder would mislead a reader elsewhere."""
+    path = Path(path)
+    record = json.loads(path.with_name(path.name + ".json").read_text())
+    return {**record, "path": path.name, "weights-digest": weights_digest(path)}
+
+
+def check_record(expected: dict[str, Any], actual: dict[str, Any], where: str) -> None:
+    """Refuse a checkpoint whose ``weights-digest`` differs from the recorded one.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        Naming both digests, ``where`` the record lives and what to do.
+    """
+    want, got = expected.get("weights-digest"), actual.get("weights-digest")
+    if want != got:
+        raise CheckpointMismatchError(
+            f"checkpoint {actual.get('path')} has weights digest {got} (test accuracy {actual.get('test_accuracy')}), "
+            f"but the points recorded in {where} started from {want} (test accuracy {expected.get('test_accuracy')}). "
+            "Pretraining is bit-reproducible only on the same CPU kernels; sweeps pin them on x86-64 "
+            f"({' '.join(f'{k}={v}' for k, v in PINNED_X86_KERNELS.items())}), other CPUs differ. Put the "
+            "original checkpoint back, or run the sweep into a new results folder.")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m simulations.pretrain --out PATH [options]``."""
+    """Command line: ``python -m simulations.pretrain --out PATH [options]`` (or ``--kwargs JSON``:
+    :func:`pretrain`'s keyword arguments with ``out``, as :func:`pretrain_pinned` passes them)."""
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--kwargs"] and len(argv) == 2:
+        result = pretrain(**json.loads(argv[1]))
+        print(f"test accuracy {result.test_accuracy:.4f} -> {result.path}")
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="state_dict path (initial-model of the runs)")
     parser.add_argument("--dataset", default="fashion-mnist")

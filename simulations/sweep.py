@@ -32,11 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from fedfish.layout import params_digest
 from simulations.analysis import POINT_FILE
 from simulations.config import RunConfig
+from simulations.pretrain import RECORD_FILE, check_record, checkpoint_record, pretrain_pinned
 from simulations.results import write_json
 from simulations.run import parse_overrides
 from simulations.sweep_file import Point, Sweep, load_sweep
@@ -122,11 +120,8 @@ def run_sweep(sweep: Sweep, runner: Runner | None = None, *, progress: bool = Tr
 
     runner = runner or run_point_subprocess
     report = SweepReport()
-    if sweep.pretrain and not Path(sweep.pretrain["out"]).is_file():
-        from simulations.pretrain import pretrain  # noqa: PLC0415 - torch training, only when needed
-
-        result = pretrain(**sweep.pretrain)
-        print(f"pretrained checkpoint: {result.path} (test accuracy {result.test_accuracy:.4f})", flush=True)
+    if sweep.pretrain:
+        _pretrained_checkpoint(sweep)
     bar = tqdm(sweep.points, desc=sweep.name, unit="point", disable=not progress, file=sys.stderr)
     say: Callable[[str], None] = bar.write if progress else (lambda line: None)
     for point in bar:
@@ -201,13 +196,29 @@ def import_evidence(source: str | Path, folder: str | Path) -> list[str]:
 
     Only points whose ``sweep-point.json`` says ``done`` are copied, and never over a folder
     the sweep already has; whether each still counts as done is decided, as for any point,
-    by :func:`point_status` (same config) when the sweep runs.
+    by :func:`point_status` (same config) when the sweep runs. The source's record of the
+    pretrained checkpoint comes too, so the sweep refuses to add fine-tuning points that start
+    from another one.
 
     Returns
     -------
     list[str]
         The imported points' names.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        The folder already records another pretrained checkpoint than the source; nothing
+        is imported.
     """
+    source_record, folder_record = Path(source) / RECORD_FILE, Path(folder) / RECORD_FILE
+    if source_record.is_file():
+        if folder_record.is_file():
+            check_record(json.loads(source_record.read_text()), json.loads(folder_record.read_text()),
+                         str(source_record))
+        else:
+            folder_record.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source_record, folder_record)
     imported = []
     for marker in _done_markers(source):
         target = Path(folder) / marker.parent.name
@@ -218,24 +229,43 @@ def import_evidence(source: str | Path, folder: str | Path) -> list[str]:
 
 
 def export_pretrain_record(sweep: Sweep, dest: str | Path) -> Path | None:
-    """Write ``<dest>/pretrained.json``: how the fine-tuning points' checkpoint was made
-    (its ``<out>.json``) and ``weights-digest``, a digest of its weights.
+    """Write ``<dest>/pretrained.json``: the fine-tuning points' checkpoint's
+    :func:`~simulations.pretrain.checkpoint_record` (how it was made, a digest of its weights).
 
     The checkpoint is a model, not evidence, so it is not exported; a sweep resumed on another
     machine pretrains it again, and the digest says whether that is the model the exported
     points started from. None when the sweep pretrains nothing or has not yet.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        ``dest`` already records another checkpoint: its points started elsewhere.
     """
     if not sweep.pretrain or not Path(sweep.pretrain["out"]).is_file():
         return None
-    out = Path(sweep.pretrain["out"])
-    state = torch.load(out, map_location="cpu", weights_only=True)
-    weights = torch.cat([t.reshape(-1).float() for t in state.values() if t.is_floating_point()])
-    record = json.loads(out.with_name(out.name + ".json").read_text())
-    record["path"] = out.name  # the machine's own path would mislead a reader elsewhere
-    target = Path(dest) / "pretrained.json"
+    record = checkpoint_record(sweep.pretrain["out"])
+    target = Path(dest) / RECORD_FILE
+    if target.is_file():
+        check_record(json.loads(target.read_text()), record, str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
-    write_json(target, {**record, "weights-digest": params_digest(weights)})
+    write_json(target, record)
     return target
+
+
+def _pretrained_checkpoint(sweep: Sweep) -> None:
+    """Pretrain the sweep's checkpoint unless it exists, and hold it to the sweep folder's
+    record: the first checkpoint a sweep runs from is recorded, any other is refused."""
+    out = Path(sweep.pretrain["out"])
+    if not out.is_file():
+        result = pretrain_pinned(**sweep.pretrain)
+        print(f"pretrained checkpoint: {result.path} (test accuracy {result.test_accuracy:.4f})", flush=True)
+    record = checkpoint_record(out)
+    target = sweep.folder / RECORD_FILE
+    if target.is_file():
+        check_record(json.loads(target.read_text()), record, str(target))
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_json(target, record)
 
 
 def _remove_client_state(point: Point) -> None:

@@ -17,6 +17,7 @@ import torch
 from simulations import sweep as sweep_mod
 from simulations.analysis import POINT_FILE, run_dirs
 from simulations.config import ConfigError, RunConfig
+from simulations.pretrain import CheckpointMismatchError
 from simulations.sweep import export_evidence, point_status, run_sweep
 from simulations.sweep_file import Point, load_sweep, parse_sweep
 
@@ -266,26 +267,87 @@ def test_imported_evidence_is_not_run_again_on_another_machine(tmp_path: Path) -
     assert report.skipped == imported and calls == ["seed1_fedavg", "seed1_fedfish-2pct"]
 
 
+def _fake_checkpoint(out: Path, bias: float = 0.25) -> dict[str, torch.Tensor]:
+    """A saved state_dict with the sidecar pretrain writes."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    weights = {"w": torch.tensor([[1.5, -2.0]]), "b": torch.tensor([bias]), "steps": torch.tensor(7)}
+    torch.save(weights, out)
+    (out.parent / f"{out.name}.json").write_text(json.dumps({"path": str(out), "test_accuracy": 0.8, "seed": 0}))
+    return weights
+
+
 def test_export_records_the_pretrained_checkpoint_by_a_digest_of_its_weights(tmp_path: Path) -> None:
     # Prepare: a sweep whose fine-tuning checkpoint exists, with the metadata pretrain writes
     out = tmp_path / "results" / "pretrained" / "net.pt"
     sweep = parse_sweep(_grid(pretrain={"out": str(out), "epochs": 1}), tmp_path / "results")
-    out.parent.mkdir(parents=True)
-    weights = {"w": torch.tensor([[1.5, -2.0]]), "b": torch.tensor([0.25]), "steps": torch.tensor(7)}
-    torch.save(weights, out)
-    (out.parent / "net.pt.json").write_text(json.dumps({"path": str(out), "test_accuracy": 0.8, "seed": 0}))
+    _fake_checkpoint(out)
     # The oracle: sha256 of the floating tensors' fp32 bytes in state_dict order
     expected = hashlib.sha256(np.array([1.5, -2.0, 0.25], dtype=np.float32).tobytes()).hexdigest()[:16]
 
     # Execute
-    record = json.loads(sweep_mod.export_pretrain_record(sweep, tmp_path / "evidence").read_text())
-    torch.save({**weights, "b": torch.tensor([0.5])}, out)
-    retrained = json.loads(sweep_mod.export_pretrain_record(sweep, tmp_path / "evidence").read_text())
+    record_file = sweep_mod.export_pretrain_record(sweep, tmp_path / "evidence")
+    record = json.loads(record_file.read_text())
+    _fake_checkpoint(out, bias=0.5)
+    with pytest.raises(CheckpointMismatchError, match=f"started from {expected}"):
+        sweep_mod.export_pretrain_record(sweep, tmp_path / "evidence")
+
+    # Assert: the committed record is not overwritten by another checkpoint's
+    assert record == {"path": "net.pt", "test_accuracy": 0.8, "seed": 0, "weights-digest": expected}
+    assert json.loads(record_file.read_text()) == record
+    assert sweep_mod.export_pretrain_record(parse_sweep(_grid(), tmp_path), tmp_path / "none") is None
+
+
+def test_a_sweep_refuses_to_go_on_from_another_checkpoint_than_its_points_started_from(tmp_path: Path) -> None:
+    # Prepare: a sweep that ran from one checkpoint, whose checkpoint is then replaced
+    out = tmp_path / "results" / "pretrained" / "net.pt"
+    sweep = parse_sweep(_grid(pretrain={"out": str(out)}), tmp_path / "results")
+    _fake_checkpoint(out)
+    runner, calls = fake_runner()
+    first = run_sweep(sweep, runner, progress=False).done
+    recorded = json.loads((sweep.folder / "pretrained.json").read_text())
+    _fake_checkpoint(out, bias=0.5)
+
+    # Execute
+    with pytest.raises(CheckpointMismatchError, match="has weights digest .* but the points recorded in") as err:
+        run_sweep(sweep, runner, progress=False)
+
+    # Assert: nothing more ran, the record still names the first checkpoint, the error says what to do
+    assert calls == first and len(first) == 4
+    assert recorded["weights-digest"] in str(err.value) and "ATEN_CPU_CAPABILITY=avx2" in str(err.value)
+    assert json.loads((sweep.folder / "pretrained.json").read_text()) == recorded
+    _fake_checkpoint(out)
+    assert run_sweep(sweep, runner, progress=False).skipped == first
+
+
+def test_import_brings_the_checkpoint_record_and_refuses_a_folder_recording_another(tmp_path: Path) -> None:
+    # Prepare: evidence exported from a sweep that ran from one checkpoint
+    out = tmp_path / "a" / "pretrained" / "net.pt"
+    sweep_a = parse_sweep(_grid(pretrain={"out": str(out)}, axes={"seed": [0]}), tmp_path / "a")
+    _fake_checkpoint(out)
+    run_sweep(sweep_a, fake_runner()[0], progress=False)
+    export_evidence(sweep_a.folder, tmp_path / "evidence")
+    sweep_mod.export_pretrain_record(sweep_a, tmp_path / "evidence")
+    other = tmp_path / "c" / "t"
+    other.mkdir(parents=True)
+    (other / "pretrained.json").write_text(json.dumps({"path": "net.pt", "weights-digest": "0000000000000000"}))
+
+    # Execute
+    imported = sweep_mod.import_evidence(tmp_path / "evidence", tmp_path / "b" / "t")
+    with pytest.raises(CheckpointMismatchError, match="0000000000000000"):
+        sweep_mod.import_evidence(tmp_path / "evidence", other)
 
     # Assert
-    assert record == {"path": "net.pt", "test_accuracy": 0.8, "seed": 0, "weights-digest": expected}
-    assert retrained["weights-digest"] != expected
-    assert sweep_mod.export_pretrain_record(parse_sweep(_grid(), tmp_path), tmp_path / "none") is None
+    assert imported == ["seed0"]
+    assert (json.loads((tmp_path / "b" / "t" / "pretrained.json").read_text())
+            == json.loads((tmp_path / "evidence" / "pretrained.json").read_text()))
+    assert [p.name for p in other.iterdir()] == ["pretrained.json"]
+
+
+@pytest.mark.parametrize(("machine", "pinned"), [("x86_64", True), ("AMD64", True), ("arm64", False), ("aarch64", False)])
+def test_pretraining_pins_the_cpu_kernels_on_x86_only(machine: str, pinned: bool) -> None:
+    from simulations.pretrain import PINNED_X86_KERNELS, pinned_kernel_env
+
+    assert pinned_kernel_env(machine) == (PINNED_X86_KERNELS if pinned else {})
 
 
 def test_a_point_that_writes_too_few_rounds_fails(tmp_path: Path) -> None:
@@ -436,6 +498,24 @@ def test_pretrain_is_reproducible_and_trains_on_the_holdout_only(tiny_fmnist_dir
     assert sidecar["holdout_fraction"] == 0.3 and sidecar["holdout_samples"] == 30
     assert RunConfig(initial_model=str(tmp_path / "a.pt"), holdout_fraction=0.3).holdout_fraction == 0.3
     assert other_seed.path.endswith("c.pt")
+
+
+def test_pretrain_pinned_trains_in_a_fresh_process_and_reports_its_failure(tiny_fmnist_dir, tmp_path: Path) -> None:  # noqa: ANN001
+    # Prepare
+    from simulations.pretrain import pretrain_pinned
+
+    kwargs = {"holdout_fraction": 0.3, "epochs": 1, "batch_size": 10, "data_root": str(tiny_fmnist_dir.root)}
+
+    # Execute
+    result = pretrain_pinned(tmp_path / "a.pt", **kwargs)
+    again = pretrain_pinned(tmp_path / "b.pt", **kwargs)
+
+    # Assert: the child got every argument and wrote the checkpoint; a failing child's error reaches the caller
+    assert result.holdout_samples == 30 and result.test_accuracy == again.test_accuracy
+    assert sweep_mod.checkpoint_record(tmp_path / "a.pt")["weights-digest"] == sweep_mod.checkpoint_record(
+        tmp_path / "b.pt")["weights-digest"]
+    with pytest.raises(RuntimeError, match=r"holdout_fraction must be in \(0, 0.9\]"):
+        pretrain_pinned(tmp_path / "c.pt", **{**kwargs, "holdout_fraction": 0.95})
 
 
 def test_pretrain_with_zero_epochs_saves_the_seeded_initial_model(tiny_fmnist_dir, tmp_path: Path) -> None:  # noqa: ANN001
