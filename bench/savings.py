@@ -3,6 +3,7 @@
     python -m bench.savings            # run (or resume) the sweep into results/, then analyse it
     python -m bench.savings --no-run   # analyse the committed evidence in docs/results/ only
     python -m bench.savings --no-run --markdown   # ... and print the tables docs/results.md shows
+    python -m bench.savings --no-run --update-docs README.md docs/results.md   # ... and write them there
 
 The sweep is ``simulations/sweeps/crossdevice.toml`` (100 clients, 10 per round, full
 Fashion-MNIST less a 2% public split, 3 seeds, every run until it levels off); the rules
@@ -16,6 +17,13 @@ over seeds; a goal missed is said so. The last line is::
            fish_vs_random_finetune=<bytes to target, random-fixed 2% / FedFish 2%, alpha 0.5>
 
 ``nan`` where a group has not run yet or no FedFish setting reached the target in every seed.
+The second architecture (``simulations/sweeps/crossdevice_resnet.toml``, FedAvg vs FedFish 2%)
+gets its own table and verdict line when its evidence is there; it is not part of RESULT.
+
+``--update-docs`` replaces what stands between ``<!-- savings:begin -->`` and
+``<!-- savings:end -->`` in each file named (the status line, the verdict lines and the tables),
+so the numbers in the docs are the evidence's and nobody pastes them by hand; the prose
+around the block is left alone.
 """
 
 from __future__ import annotations
@@ -30,10 +38,13 @@ import pandas as pd
 from simulations.analysis import load_results
 from simulations.run import parse_overrides
 from simulations.savings import best_of, ratio_of_bytes, savings_table
-from simulations.sweep import export_evidence, load_sweep, run_sweep
+from simulations.sweep import done_markers, export_evidence, load_sweep, run_sweep
+from simulations.sweep_file import Sweep
 
 SWEEP = "simulations/sweeps/crossdevice.toml"
+SECOND_ARCHITECTURE = "simulations/sweeps/crossdevice_resnet.toml"
 EVIDENCE = "docs/results"
+BLOCK_BEGIN, BLOCK_END = "<!-- savings:begin -->", "<!-- savings:end -->"
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,75 @@ def markdown_tables(table: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
+def status_line(sweeps: list[Sweep], evidence: Path) -> str:
+    """How many points of each sweep have committed evidence, per (scenario, alpha) group."""
+    parts = []
+    for sweep in sweeps:
+        done = {marker.parent.name for marker in done_markers(evidence / sweep.name)}
+        groups: dict[str, list[int]] = {}
+        for point in sweep.points:
+            group = f"{point.tags.get('scenario', 'all')}, alpha {point.config.alpha:g}"
+            counts = groups.setdefault(group, [0, 0])
+            counts[0] += point.name in done
+            counts[1] += 1
+        finished = sum(finished for finished, _ in groups.values())
+        detail = "; ".join(f"{group}: {finished} of {total}" for group, (finished, total) in groups.items())
+        parts.append(f"`{sweep.name}` {finished} of {len(sweep.points)} points ({detail})")
+    return "**Finished and committed: " + ", ".join(parts) + ".**"
+
+
+def result_lines(table: pd.DataFrame) -> list[str]:
+    """The verdict of each goal, the Fisher-vs-random comparison and the RESULT line."""
+    lines, results = [], {}
+    for goal in GOALS:
+        results[goal.key], line = verdict(goal, table)
+        lines.append(f"{goal.key}: {line}")
+    scenario, alpha, numerator, denominator = FISH_VS_RANDOM
+    ratio = ratio_of_bytes(table, numerator, denominator)
+    results["fish_vs_random_finetune"] = float(ratio.get((scenario, alpha), float("nan")))
+    lines.append(f"fish_vs_random_finetune: bytes to target of {numerator} / {denominator} at alpha {alpha:g}: "
+                 f"{results['fish_vs_random_finetune']:.3g} (> 1: the Fisher mask needs fewer bytes; inf: "
+                 f"{numerator} never reached it){equal_bytes(table, scenario, alpha, numerator, denominator)}")
+    lines.append("RESULT " + " ".join(f"{key}={value:.3g}" for key, value in results.items()))
+    return lines
+
+
+def second_architecture_line(table: pd.DataFrame, model: str) -> str:
+    """FedFish's savings on the second architecture, with the same rules (no goal of its own)."""
+    best = best_of(table, "fedfish")
+    if best.empty:
+        return f"{model}: no FedFish point finished yet"
+    group, row = next(best.iterrows())
+    if math.isnan(float(row["savings"])):
+        return (f"{model}, {group[0]} alpha {group[1]:g}: {row['label']} reached the target {row['target']:.4f} "
+                f"in {row['reached']} of {row['seeds']} seeds, final {row['final_accuracy']:.4f}")
+    return (f"{model}, {group[0]} alpha {group[1]:g}: {row['label']}: {row['savings']:.1f}x "
+            f"(seeds {row['savings_min']:.1f}-{row['savings_max']:.1f}x), {row['mb_to_target']:.1f} MB to "
+            f"{row['target']:.4f}, final {row['final_accuracy']:.4f}, {row['seeds']} seeds")
+
+
+def docs_block(status: str, lines: list[str], tables: str) -> str:
+    """What ``--update-docs`` puts between the markers."""
+    return "\n".join([BLOCK_BEGIN, status, "", "```text", *lines, "```", "", tables.rstrip(), BLOCK_END])
+
+
+def update_docs(path: str | Path, block: str) -> None:
+    """Replace the marked block of ``path`` by ``block`` (which carries the markers).
+
+    Raises
+    ------
+    ValueError
+        ``path`` does not hold each marker exactly once, begin before end; the file is left as it was.
+    """
+    text = Path(path).read_text()
+    if text.count(BLOCK_BEGIN) != 1 or text.count(BLOCK_END) != 1 or text.index(BLOCK_BEGIN) > text.index(BLOCK_END):
+        raise ValueError(f"{path}: needs one '{BLOCK_BEGIN}' line and, after it, one '{BLOCK_END}' line "
+                         "around the generated results")
+    before, rest = text.split(BLOCK_BEGIN)
+    after = rest.split(BLOCK_END)[1]
+    Path(path).write_text(before + block + after)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,8 +204,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="run-config keys for every point")
     parser.add_argument("--no-run", action="store_true", help="only analyse the committed evidence")
     parser.add_argument("--markdown", action="store_true", help="also print a markdown table per group")
+    parser.add_argument("--update-docs", nargs="+", default=[], metavar="FILE",
+                        help=f"write the status, verdicts and tables between the {BLOCK_BEGIN} markers of FILE")
     args = parser.parse_args(argv)
     sweep = load_sweep(SWEEP, args.results_dir, parse_overrides(args.set))
+    second = load_sweep(SECOND_ARCHITECTURE, args.results_dir, parse_overrides(args.set))
     if args.no_run:
         folder = Path(args.evidence) / sweep.name
     else:
@@ -134,25 +217,30 @@ def main(argv: list[str] | None = None) -> None:
         export_evidence(sweep.folder, Path(args.evidence) / sweep.name)
         folder = sweep.folder
     rounds, _, _ = load_results(folder)
-    table = savings_table(rounds)
+    # Groups in the sweep's order (alpha 0.5 first, fine-tune before scratch), methods as run.
+    table = savings_table(rounds).sort_index(level=["alpha", "scenario"], ascending=[False, True],
+                                             sort_remaining=False)
     columns = ["seeds", "rounds", "final_accuracy", "mb_total", "reached", "mb_to_target", "savings",
                "savings_min", "savings_max", "acc_at_1pct", "acc_at_5pct", "acc_at_10pct"]
     with pd.option_context("display.width", 250, "display.max_rows", 200, "display.max_columns", 20):
         print(table[columns].to_string(float_format=lambda v: f"{v:.4g}"))
     print()
+    tables = markdown_tables(table)
+    lines = result_lines(table)
+    second_evidence = Path(args.evidence) / second.name
+    if done_markers(second_evidence):
+        second_table = savings_table(load_results(second_evidence)[0])
+        model = second.points[0].config.model
+        tables += f"\nSecond architecture, `{model}` (`{SECOND_ARCHITECTURE}`):\n\n" + markdown_tables(second_table)
+        lines.insert(len(GOALS) + 1, f"second_architecture: {second_architecture_line(second_table, model)}")
     if args.markdown:
-        print(markdown_tables(table))
-    results: dict[str, float] = {}
-    for goal in GOALS:
-        results[goal.key], line = verdict(goal, table)
-        print(f"{goal.key}: {line}")
-    scenario, alpha, numerator, denominator = FISH_VS_RANDOM
-    ratio = ratio_of_bytes(table, numerator, denominator)
-    results["fish_vs_random_finetune"] = float(ratio.get((scenario, alpha), float("nan")))
-    print(f"fish_vs_random_finetune: bytes to target of {numerator} / {denominator} at alpha {alpha:g}: "
-          f"{results['fish_vs_random_finetune']:.3g} (> 1: the Fisher mask needs fewer bytes; inf: "
-          f"{numerator} never reached it){equal_bytes(table, scenario, alpha, numerator, denominator)}")
-    print("RESULT " + " ".join(f"{key}={value:.3g}" for key, value in results.items()))
+        print(tables)
+    if args.update_docs:
+        block = docs_block(status_line([sweep, second], Path(args.evidence)), lines, tables)
+        for path in args.update_docs:
+            update_docs(path, block)
+            print(f"updated the results block of {path}")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

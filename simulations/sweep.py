@@ -155,7 +155,7 @@ def run_sweep(sweep: Sweep, runner: Runner | None = None, *, progress: bool = Tr
     return report
 
 
-def _done_markers(folder: str | Path) -> list[Path]:
+def done_markers(folder: str | Path) -> list[Path]:
     """The ``sweep-point.json`` files under ``folder`` that say ``done``, by point name."""
     done = []
     for marker in sorted(Path(folder).glob(f"*/{POINT_FILE}")):
@@ -181,7 +181,7 @@ def export_evidence(folder: str | Path, dest: str | Path) -> list[str]:
         The exported points' names.
     """
     exported = []
-    for marker in _done_markers(folder):
+    for marker in done_markers(folder):
         target = Path(dest) / marker.parent.name
         target.mkdir(parents=True, exist_ok=True)
         for name in EVIDENCE_FILES:
@@ -220,7 +220,7 @@ def import_evidence(source: str | Path, folder: str | Path) -> list[str]:
             folder_record.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source_record, folder_record)
     imported = []
-    for marker in _done_markers(source):
+    for marker in done_markers(source):
         target = Path(folder) / marker.parent.name
         if not target.exists():
             shutil.copytree(marker.parent, target)

@@ -78,7 +78,7 @@ def test_committed_sweep_files_expand_to_the_documented_grids(tmp_path: Path) ->
     assert first.config.initial_model == quick.pretrain["out"] == f"{tmp_path}/pretrained/cnn-fmnist-holdout0.01-quick.pt"
     # The demo: the cross-device regime, FedFish given more (cheap) rounds than FedAvg
     assert [(p.name, p.config.strategy, p.config.num_server_rounds) for p in demo.points] == [
-        ("fedavg", "fedavg", 20), ("fedfish-2pct", "fedfish", 30)]
+        ("fedavg", "fedavg", 12), ("fedfish-2pct", "fedfish", 20)]
     assert {(p.config.num_partitions, p.config.fraction_train, p.config.samples_per_client) for p in demo.points} == {
         (100, 0.1, 0)}
     assert all(p.config.initial_model == demo.pretrain["out"] for p in demo.points)
