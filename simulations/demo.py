@@ -2,8 +2,8 @@
 
 Runs ``simulations/sweeps/demo.toml``: 100 clients over the full Fashion-MNIST training
 split (Dirichlet alpha = 0.5), 10 sampled per round, all fine-tuning a CNN (1.66M
-parameters) that the demo first trains on a 2% public split; FedAvg for 20 rounds,
-FedFish with a 2% Fisher mask (computed on the server from the public split) for 30.
+parameters) that the demo first trains on a 2% public split; FedAvg for 12 rounds,
+FedFish with a 2% Fisher mask (computed on the server from the public split) for 20.
 Prints a line per round, then the table of :func:`simulations.savings.savings_table`
 (target = FedAvg's final accuracy, the mean of its last 5 rounds, minus 1 point), and
 writes ``<results-dir>/demo/accuracy_vs_mb.png``. Finished points are kept: a rerun
