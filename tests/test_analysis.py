@@ -419,3 +419,19 @@ def test_committed_docs_show_what_the_committed_evidence_says(tmp_path: Path) ->
     # Assert: nothing changed (else run: python -m bench.savings --no-run --update-docs README.md docs/results.md)
     assert pages[0].read_text() == (root / "README.md").read_text()
     assert pages[1].read_text() == (root / "docs" / "results.md").read_text()
+
+
+def test_best_of_ranks_a_setting_with_fewer_seeds_below_a_complete_one(sweep_folder: Path) -> None:
+    # Prepare: a FedFish 0.5% that saves far more (1 byte a round), but in seed 0 only
+    write_run(sweep_folder, "seed0_finetune_fedfish0.5", FEDFISH[0], list(range(8)),
+              axes={"seed": "seed0", "scenario": "finetune", "method": "fedfish 0.5%"},
+              tags={"scenario": "finetune"}, strategy="fedfish", density=0.005, seed=0)
+    rounds, _, _ = an.load_results(sweep_folder)
+    table = sv.savings_table(rounds, by=("scenario",))
+    assert table.loc[("finetune", "fedfish 0.5%"), "savings"] > table.loc[("finetune", "fedfish 2%"), "savings"]
+
+    # Execute
+    best = sv.best_of(table, "fedfish")
+
+    # Assert: the two-seed setting is the headline
+    assert best.loc["finetune", "label"] == "fedfish 2%"
