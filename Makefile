@@ -41,10 +41,17 @@ bench: setup
 	$(PY) -m bench.crossdevice
 	$(PY) -m bench.robustness
 
-# The committed figures, drawn by the notebook from the committed evidence (docs/results/).
+# The committed figures, drawn by the notebook from the committed evidence (docs/results/), one
+# folder per sweep; a sweep with no finished point yet has no figures.
+SWEEPS_WITH_FIGURES := crossdevice crossdevice_resnet
 figures: setup
-	$(PY) -m simulations.notebooks communication_curves results=docs/results/crossdevice \
-	  figures_dir=docs/figures/crossdevice
+	@for sweep in $(SWEEPS_WITH_FIGURES); do \
+	  if ls docs/results/$$sweep/*/rounds.csv >/dev/null 2>&1; then \
+	    echo "figures of $$sweep"; \
+	    $(PY) -m simulations.notebooks communication_curves results=docs/results/$$sweep \
+	      figures_dir=docs/figures/$$sweep || exit 1; \
+	  fi; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
