@@ -93,8 +93,10 @@ def simulation_backend_config(cpus: int | None = None, gpus: int | None = None) 
     """Flower's Ray backend config: one core per virtual client and, when CUDA devices are
     present, a GPU share such that as many clients train at once as there are cores (Ray
     places a client on a GPU only if it asks for a share). ``FEDFISH_CLIENT_GPUS`` overrides
-    the share (``0`` keeps clients on the CPU)."""
-    cpus = cpus or os.cpu_count() or 1
+    the share (``0`` keeps clients on the CPU). The cores are those this process may run on
+    (``taskset`` or a container's CPU set), not the machine's: Ray's workers inherit that set,
+    so counting the machine's would start more clients at once than there are cores."""
+    cpus = cpus or usable_cpus()
     if gpus is None:
         import torch  # noqa: PLC0415 - heavy, and the client app imports it anyway
 
@@ -104,6 +106,13 @@ def simulation_backend_config(cpus: int | None = None, gpus: int | None = None) 
         "client_resources": {"num_cpus": 1, "num_gpus": share},
         "init_args": {"include_dashboard": False, "num_cpus": cpus, "num_gpus": gpus},
     }
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (``os.cpu_count()`` where the platform cannot say)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _start_ray(init_args: dict[str, Any]) -> None:

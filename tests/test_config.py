@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -101,3 +102,20 @@ def test_simulation_asks_ray_for_a_gpu_share_when_there_is_one(
     # Assert
     assert backend["client_resources"] == {"num_cpus": 1, "num_gpus": pytest.approx(share)}
     assert backend["init_args"]["num_cpus"] == cpus and backend["init_args"]["num_gpus"] == gpus
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this platform")
+def test_simulation_counts_the_cores_this_process_may_use_not_the_machines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: a process pinned to 3 cores (taskset, a container's CPU set) of a 64-core machine
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.delenv("FEDFISH_CLIENT_GPUS", raising=False)
+
+    # Execute
+    backend = simulation_backend_config(gpus=1)
+
+    # Assert: Ray gets the 3 cores, and each client a third of the GPU
+    assert backend["init_args"]["num_cpus"] == 3
+    assert backend["client_resources"]["num_gpus"] == pytest.approx(1 / 3)
