@@ -35,6 +35,8 @@ from strategies.metering import RunInterrupted
 
 # Set by SIGINT/SIGTERM: the ServerApp's next wait for replies ends with RunInterrupted.
 STOP = threading.Event()
+# The cores a run may use, when a sweep runs points side by side (see usable_cpu_ids).
+CORES_ENV = "FEDFISH_CPUS"
 
 
 def run_simulation(cfg: RunConfig, *, num_supernodes: int | None = None, verbose: bool = False) -> Path:
@@ -109,10 +111,37 @@ def simulation_backend_config(cpus: int | None = None, gpus: int | None = None) 
 
 
 def usable_cpus() -> int:
-    """The cores this process may run on (``os.cpu_count()`` where the platform cannot say)."""
+    """How many cores this process may run on (see :func:`usable_cpu_ids`)."""
+    return len(usable_cpu_ids())
+
+
+def usable_cpu_ids() -> list[int]:
+    """The cores this process may run on: ``$FEDFISH_CPUS`` (``0,1,2,3``; a sweep running points
+    side by side sets it), else the process's CPU affinity (``taskset``, a container's CPU
+    set), else every core of the machine."""
+    if spec := os.environ.get(CORES_ENV, "").strip():
+        try:
+            cores = sorted({int(core) for core in spec.split(",")})
+        except ValueError:
+            raise ConfigError(f"{CORES_ENV} must list core numbers like 0,1,2,3, got {spec!r}") from None
+        if not cores or cores[0] < 0:
+            raise ConfigError(f"{CORES_ENV} must list core numbers like 0,1,2,3, got {spec!r}")
+        return cores
     if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def pin_to_usable_cpus() -> None:
+    """Pin this process to ``$FEDFISH_CPUS`` before Ray starts, so that Ray's workers (which
+    inherit the set) stay off the cores of the points running beside it. Platforms without
+    CPU affinity only size the simulation to the set."""
+    if os.environ.get(CORES_ENV, "").strip() and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, usable_cpu_ids())
+        except OSError as err:
+            raise ConfigError(f"{CORES_ENV}={os.environ[CORES_ENV]!r} names cores this machine does not "
+                              f"let us use: {err}") from None
 
 
 def _start_ray(init_args: dict[str, Any]) -> None:
@@ -189,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     try:
+        pin_to_usable_cpus()
         cfg = RunConfig.from_mapping(parse_overrides(args.overrides))
         run_dir = run_simulation(cfg, verbose=args.verbose)
     except ConfigError as err:

@@ -6,7 +6,9 @@
 
 The file format is :mod:`simulations.sweep_file`'s. Each point runs in its own process
 (``python -m simulations.run``), so a crash or a hung Ray worker costs that point only: it
-is reported and the sweep goes on. Results go to ``<results-dir>/<name>/<point>/`` with
+is reported and the sweep goes on. ``--workers N`` runs N points at once, each pinned to its
+own share of the cores (Ray's workers included), for machines with many cores or a GPU that
+one small model leaves idle. Results go to ``<results-dir>/<name>/<point>/`` with
 ``sweep-point.json`` saying ``running``, ``done`` or ``failed``; on a rerun, ``done``
 points whose config is unchanged are skipped and every other point is redone from scratch.
 ``--export`` copies the evidence of the finished points (``config.json``, ``rounds.csv``,
@@ -21,29 +23,28 @@ import argparse
 import dataclasses
 import json
 import os
+import queue
 import re
 import shutil
 import signal
-import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from simulations.analysis import POINT_FILE
 from simulations.config import RunConfig
+from simulations.point_process import run_point_subprocess, split_cores, stop_running_points
 from simulations.pretrain import RECORD_FILE, check_record, checkpoint_record, pretrain_pinned
 from simulations.results import write_json
 from simulations.run import parse_overrides
 from simulations.sweep_file import Point, Sweep, load_sweep
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 ROUND_LINE = "[fedfish] round "
-# What runs one point: ``python -m <POINT_MODULE> key=value ...``.
-POINT_MODULE = "simulations.run"
-LOG_FILE = "run.log"
 # What a finished point leaves to commit: enough for every table and figure.
 EVIDENCE_FILES = ("config.json", "rounds.csv", POINT_FILE)
 # Keys that say how a point is carried out, not what it computes: a finished point stays
@@ -60,9 +61,9 @@ class SweepReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-# A point runner gets the point and a callback for its output lines; it returns an
-# error description, or None on success.
-Runner = Callable[[Point, Callable[[str], None]], str | None]
+# A point runner gets the point and a callback for its output lines, and ``cores=[...]``
+# when points run side by side; it returns an error description, or None on success.
+Runner = Callable[..., str | None]
 
 
 def point_status(point: Point) -> str:
@@ -100,7 +101,8 @@ def _relative_to_results(config: dict[str, Any]) -> dict[str, Any]:
             else value for key, value in config.items()}
 
 
-def run_sweep(sweep: Sweep, runner: Runner | None = None, *, progress: bool = True) -> SweepReport:
+def run_sweep(sweep: Sweep, runner: Runner | None = None, *, progress: bool = True, workers: int = 1
+              ) -> SweepReport:
     """Run every point not yet done; a failing point is reported and the sweep goes on.
 
     Parameters
@@ -111,48 +113,95 @@ def run_sweep(sweep: Sweep, runner: Runner | None = None, *, progress: bool = Tr
         Runs one point; defaults to one ``python -m simulations.run`` process per point.
     progress : bool (default: True)
         A tqdm bar over points (stderr) and each round's line.
+    workers : int (default: 1)
+        Points run at once, each on its own share of this process's cores (a machine with
+        many cores, or a GPU that one point leaves mostly idle).
 
     Returns
     -------
     SweepReport
+        Point names per outcome, in the sweep's order.
+
+    Raises
+    ------
+    ValueError
+        ``workers`` is below 1 or above the number of cores.
     """
     from tqdm import tqdm  # noqa: PLC0415 - only the interactive path needs it
 
     runner = runner or run_point_subprocess
+    core_sets: list[list[int] | None] = [*split_cores(workers)] if workers > 1 else [None]
     report = SweepReport()
     if sweep.pretrain:
         _pretrained_checkpoint(sweep)
-    bar = tqdm(sweep.points, desc=sweep.name, unit="point", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(sweep.points), desc=sweep.name, unit="point", disable=not progress, file=sys.stderr)
     say: Callable[[str], None] = bar.write if progress else (lambda line: None)
-    for point in bar:
-        bar.set_postfix_str(point.name)
+    todo = []
+    for point in sweep.points:
         status = point_status(point)
         if status == "done":
             report.skipped.append(point.name)
+            bar.update()
             continue
         if status == "stale":
             say(f"redoing {point.name}: its folder is half-written, failed or from another config")
             shutil.rmtree(point.run_dir)
-        started = time.time()
-        _mark(point, "running")
-        say(f"--- {point.name}")
+        todo.append(point)
+    free_cores: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
+    for cores in core_sets:
+        free_cores.put(cores)
+    stopping = threading.Event()
+
+    def run_one(point: Point) -> None:
+        cores = free_cores.get()
         try:
-            error = runner(point, lambda line: say(f"    {line}") if line.startswith(ROUND_LINE) else None)
-        except Exception as err:  # noqa: BLE001 - any failure of one point must not end the sweep
-            error = f"{type(err).__name__}: {err}"
-        if error is None:
-            error = _check_complete(point)
-        seconds = round(time.time() - started, 1)
-        _remove_client_state(point)
-        if error is None:
-            _mark(point, "done", seconds=seconds)
-            report.done.append(point.name)
-        else:
-            _mark(point, "failed", seconds=seconds, error=error)
-            report.failed.append((point.name, error))
-            say(f"FAILED {point.name}: {error}")
+            _run_point(point, runner, cores, say, report, stopping)
+        finally:
+            free_cores.put(cores)
+            bar.update()
+
+    with ThreadPoolExecutor(max_workers=len(core_sets), thread_name_prefix="sweep-point") as pool:
+        try:
+            for _ in pool.map(run_one, todo):
+                pass
+        except BaseException:
+            # Interrupted (SIGINT/SIGTERM): start no other point and stop the running ones,
+            # which stay "running" and are redone next time.
+            stopping.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            stop_running_points()
+            raise
     bar.close()
+    order = {point.name: index for index, point in enumerate(sweep.points)}
+    report.done.sort(key=order.__getitem__)
+    report.failed.sort(key=lambda failure: order[failure[0]])
     return report
+
+
+def _run_point(point: Point, runner: Runner, cores: list[int] | None, say: Callable[[str], None],
+               report: SweepReport, stopping: threading.Event) -> None:
+    started = time.time()
+    _mark(point, "running")
+    say(f"--- {point.name}" + (f" (cores {cores[0]}-{cores[-1]})" if cores else ""))
+    on_line = (lambda line: say(f"    {point.name}: {line}" if cores else f"    {line}")
+               if line.startswith(ROUND_LINE) else None)
+    try:
+        error = runner(point, on_line) if cores is None else runner(point, on_line, cores=cores)
+    except Exception as err:  # noqa: BLE001 - any failure of one point must not end the sweep
+        error = f"{type(err).__name__}: {err}"
+    if stopping.is_set():
+        return
+    if error is None:
+        error = _check_complete(point)
+    seconds = round(time.time() - started, 1)
+    _remove_client_state(point)
+    if error is None:
+        _mark(point, "done", seconds=seconds)
+        report.done.append(point.name)
+    else:
+        _mark(point, "failed", seconds=seconds, error=error)
+        report.failed.append((point.name, error))
+        say(f"FAILED {point.name}: {error}")
 
 
 def done_markers(folder: str | Path) -> list[Path]:
@@ -296,53 +345,6 @@ def _check_complete(point: Point) -> str | None:
     return None
 
 
-def run_point_subprocess(point: Point, on_line: Callable[[str], None]) -> str | None:
-    """Run one point as ``python -m simulations.run key=value ...``; its output goes to
-    ``<point>/run.log`` and each line to ``on_line``. Returns None or the error tail."""
-    args = [f"{key}={_toml_value(value)}" for key, value in point.config.to_mapping().items()]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    point.run_dir.mkdir(parents=True, exist_ok=True)
-    tail: list[str] = []
-    with (point.run_dir / LOG_FILE).open("w") as log:
-        # Own process group: stopping the sweep stops the point's Ray workers with it.
-        process = subprocess.Popen(
-            [sys.executable, "-m", POINT_MODULE, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, env=env, start_new_session=True,
-        )
-        try:
-            for line in _lines(process):
-                log.write(line + "\n")
-                tail = (tail + [line])[-20:]
-                on_line(line)
-            returncode = process.wait()
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, 9)
-                process.wait()
-    if returncode != 0:
-        return f"exit status {returncode}; last lines:\n" + "\n".join(tail)
-    return None
-
-
-def _lines(process: subprocess.Popen[str]) -> Iterator[str]:
-    stdout = process.stdout
-    if stdout is None:
-        raise RuntimeError("the point process has no stdout pipe")
-    for line in stdout:
-        yield line.rstrip("\n")
-
-
-def _toml_value(value: Any) -> str:
-    """A value as ``simulations.run.parse_overrides`` reads it back (a TOML scalar)."""
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string for any printable text
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
-
-
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -356,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", metavar="REGEX", help="run only the points whose name matches")
     parser.add_argument("--dry-run", action="store_true", help="list the points and their status, run nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or round lines")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="run N points at once, each pinned to its share of the cores (default: 1)")
     parser.add_argument("--export", default="", metavar="DIR",
                         help="copy the finished points' evidence to DIR/<name>/ and run nothing")
     parser.add_argument("--import", dest="import_dir", default="", metavar="DIR",
@@ -382,7 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         for point in sweep.points:
             print(f"{point_status(point):>5}  {point.name}")
         return 0
-    report = run_sweep(sweep, progress=not args.no_progress)
+    try:
+        report = run_sweep(sweep, progress=not args.no_progress, workers=args.workers)
+    except ValueError as err:
+        parser.error(str(err))
     print(f"sweep {sweep.name}: {len(report.done)} run, {len(report.skipped)} already done, "
           f"{len(report.failed)} failed -> {sweep.folder}")
     for name, error in report.failed:

@@ -112,6 +112,7 @@ def test_simulation_counts_the_cores_this_process_may_use_not_the_machines(
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6})
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     monkeypatch.delenv("FEDFISH_CLIENT_GPUS", raising=False)
+    monkeypatch.delenv("FEDFISH_CPUS", raising=False)
 
     # Execute
     backend = simulation_backend_config(gpus=1)

@@ -14,10 +14,12 @@ import pandas as pd
 import pytest
 import torch
 
+from simulations import point_process
 from simulations import sweep as sweep_mod
 from simulations.analysis import POINT_FILE, run_dirs
 from simulations.config import ConfigError, RunConfig
 from simulations.pretrain import CheckpointMismatchError
+from simulations.run import usable_cpus
 from simulations.sweep import export_evidence, point_status, run_sweep
 from simulations.sweep_file import Point, load_sweep, parse_sweep
 
@@ -395,26 +397,28 @@ def test_point_subprocess_streams_round_lines_logs_output_and_reports_exit_statu
         print("[fedfish] round 1/2 train acc=0.5")
         sys.exit(3)
     """))
-    monkeypatch.setattr(sweep_mod, "POINT_MODULE", "fake_point")
+    monkeypatch.setattr(point_process, "POINT_MODULE", "fake_point")
     monkeypatch.setenv("PYTHONPATH", str(module_dir))
     point = parse_sweep(_grid(axes={"seed": [0]}, base={"density": 0.02}), tmp_path).points[0]
     lines: list[str] = []
 
     # Execute
-    error = sweep_mod.run_point_subprocess(point, lines.append)
+    error = point_process.run_point_subprocess(point, lines.append)
 
     # Assert
     assert error is not None and error.startswith("exit status 3")
     assert lines == ['starting density=0.02 run-name="seed0"', "[fedfish] round 1/2 train acc=0.5"]
-    assert (point.run_dir / sweep_mod.LOG_FILE).read_text().splitlines() == lines
+    assert (point.run_dir / point_process.LOG_FILE).read_text().splitlines() == lines
 
 
 @pytest.mark.e2e
 def test_sweep_command_runs_a_real_point_and_skips_it_on_rerun(tmp_path: Path) -> None:
-    # Prepare: one point of the committed quick sweep, 2 rounds, in Flower's Ray simulation.
+    # Prepare: two points of the committed quick sweep, 2 rounds, in Flower's Ray simulation,
+    # side by side on a core each.
     command = [
         sys.executable, "-m", "simulations.sweep", str(QUICK), "--results-dir", str(tmp_path),
-        "--only", "scratch_fedfish", "--set", "num-server-rounds=2", "--no-progress",
+        "--only", "alpha0.5_scratch_(fedfish|fedavg)", "--set", "num-server-rounds=2", "--no-progress",
+        "--workers", str(min(2, usable_cpus())),
     ]
 
     # Execute
@@ -423,12 +427,14 @@ def test_sweep_command_runs_a_real_point_and_skips_it_on_rerun(tmp_path: Path) -
 
     # Assert
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "sweep quick: 1 run, 0 already done, 0 failed" in first.stdout
+    assert "sweep quick: 2 run, 0 already done, 0 failed" in first.stdout
     point = tmp_path / "quick" / "seed0_alpha0.5_scratch_fedfish-5pct"
     assert json.loads((point / POINT_FILE).read_text())["status"] == "done"
     rounds = pd.read_csv(point / "rounds.csv")
     assert list(rounds["phase"]) == ["initial", "warmup", "calibration"]
-    assert "sweep quick: 0 run, 1 already done, 0 failed" in second.stdout
+    fedavg = pd.read_csv(tmp_path / "quick" / "seed0_alpha0.5_scratch_fedavg" / "rounds.csv")
+    assert list(fedavg["phase"]) == ["initial", "train", "train"]
+    assert "sweep quick: 0 run, 2 already done, 0 failed" in second.stdout
 
 
 # ----------------------------------------------------------------------------- the fine-tuning scenario's data
