@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -49,6 +50,19 @@ def split_cores(workers: int, cores: Sequence[int] | None = None) -> list[list[i
         sets.append(ids[start:end])
         start = end
     return sets
+
+
+def environment(cores: Sequence[int] | None = None) -> dict[str, Any]:
+    """Where a point ran, for its ``sweep-point.json``: evidence gathered on several machines
+    says which numbers came from where (timings differ, and so can the last digits)."""
+    import flwr  # noqa: PLC0415 - heavy; the point process imports both anyway
+    import torch  # noqa: PLC0415
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "flwr": flwr.__version__,
+        "machine": platform.machine(), "cores": len(cores) if cores is not None else len(usable_cpu_ids()),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
 
 
 def run_point_subprocess(point: Point, on_line: Callable[[str], None], cores: Sequence[int] | None = None

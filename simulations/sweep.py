@@ -38,7 +38,7 @@ from typing import Any
 
 from simulations.analysis import POINT_FILE
 from simulations.config import RunConfig
-from simulations.point_process import run_point_subprocess, split_cores, stop_running_points
+from simulations.point_process import environment, run_point_subprocess, split_cores, stop_running_points
 from simulations.pretrain import RECORD_FILE, check_record, checkpoint_record, pretrain_pinned
 from simulations.results import write_json
 from simulations.run import parse_overrides
@@ -196,10 +196,10 @@ def _run_point(point: Point, runner: Runner, cores: list[int] | None, say: Calla
     seconds = round(time.time() - started, 1)
     _remove_client_state(point)
     if error is None:
-        _mark(point, "done", seconds=seconds)
+        _mark(point, "done", seconds=seconds, environment=environment(cores))
         report.done.append(point.name)
     else:
-        _mark(point, "failed", seconds=seconds, error=error)
+        _mark(point, "failed", seconds=seconds, error=error, environment=environment(cores))
         report.failed.append((point.name, error))
         say(f"FAILED {point.name}: {error}")
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import threading
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -74,6 +76,11 @@ def test_points_run_side_by_side_each_on_its_own_cores(tmp_path: Path, monkeypat
     first_two = sorted(cores for _, cores in running[:2])
     assert first_two == [[0, 1], [2, 3]]
     assert running[2][1] in first_two
+    # and each point records where it ran
+    recorded = json.loads((sweep.points[0].run_dir / POINT_FILE).read_text())["environment"]
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    assert (recorded["cores"], recorded["device"]) == (2, device)
+    assert (recorded["torch"], recorded["python"]) == (torch.__version__, platform.python_version())
 
 
 def test_an_interrupted_sweep_stops_its_running_points_and_starts_no_other(
