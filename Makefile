@@ -27,8 +27,9 @@ data: $(STAMP)
 	  $(PY) -m fedfish.data download fashion-mnist; \
 	fi
 
+# Two workers: the Flower end-to-end tests run one at a time on one (tests/conftest.py), the rest on both.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 demo: setup
 	$(PY) -m simulations.demo

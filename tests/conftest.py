@@ -96,3 +96,13 @@ def tiny_cifar_root(tmp_path: Path) -> TinyImages:
     meta = {"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     return TinyImages(root, arrays)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n 2 --dist loadgroup`` (``make test``), the tests that start Flower (Ray
+    simulations, SuperLink/SuperNode processes) share one worker and run one at a time: two Ray
+    clusters at once would only compete for the same cores, and a run's cleanup reaps the Ray
+    workers of its process group, which xdist's workers share."""
+    for item in items:
+        if item.get_closest_marker("e2e") or item.path.name.endswith("_e2e.py"):
+            item.add_marker(pytest.mark.xdist_group("flower"))
