@@ -132,8 +132,6 @@ def run_sweep(sweep: Sweep, runner: Runner | None = None, *, progress: bool = Tr
     runner = runner or run_point_subprocess
     core_sets: list[list[int] | None] = [*split_cores(workers)] if workers > 1 else [None]
     report = SweepReport()
-    if sweep.pretrain:
-        _pretrained_checkpoint(sweep)
     bar = tqdm(total=len(sweep.points), desc=sweep.name, unit="point", disable=not progress, file=sys.stderr)
     say: Callable[[str], None] = bar.write if progress else (lambda line: None)
     todo = []
@@ -147,6 +145,8 @@ def run_sweep(sweep: Sweep, runner: Runner | None = None, *, progress: bool = Tr
             say(f"redoing {point.name}: its folder is half-written, failed or from another config")
             shutil.rmtree(point.run_dir)
         todo.append(point)
+    if any(_starts_from_checkpoint(sweep, point) for point in todo):
+        _pretrained_checkpoint(sweep)
     free_cores: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
     for cores in core_sets:
         free_cores.put(cores)
@@ -299,6 +299,13 @@ def export_pretrain_record(sweep: Sweep, dest: str | Path) -> Path | None:
     target.parent.mkdir(parents=True, exist_ok=True)
     write_json(target, record)
     return target
+
+
+def _starts_from_checkpoint(sweep: Sweep, point: Point) -> bool:
+    # Only such points need the checkpoint: a machine that cannot pretrain it bit for bit
+    # (other CPU kernels) can still run the sweep's other points.
+    out = sweep.pretrain.get("out") if sweep.pretrain else None
+    return bool(out and point.config.initial_model) and Path(point.config.initial_model) == Path(out)
 
 
 def _pretrained_checkpoint(sweep: Sweep) -> None:

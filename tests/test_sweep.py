@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -300,14 +301,17 @@ def test_export_records_the_pretrained_checkpoint_by_a_digest_of_its_weights(tmp
 
 
 def test_a_sweep_refuses_to_go_on_from_another_checkpoint_than_its_points_started_from(tmp_path: Path) -> None:
-    # Prepare: a sweep that ran from one checkpoint, whose checkpoint is then replaced
+    # Prepare: a fine-tuning sweep that ran from one checkpoint, which is then replaced,
+    # and one of whose points must be redone
     out = tmp_path / "results" / "pretrained" / "net.pt"
-    sweep = parse_sweep(_grid(pretrain={"out": str(out)}), tmp_path / "results")
+    base = {"num-server-rounds": 2, "num-partitions": 2, "initial-model": str(out)}
+    sweep = parse_sweep(_grid(pretrain={"out": str(out)}, base=base), tmp_path / "results")
     _fake_checkpoint(out)
     runner, calls = fake_runner()
     first = run_sweep(sweep, runner, progress=False).done
     recorded = json.loads((sweep.folder / "pretrained.json").read_text())
     _fake_checkpoint(out, bias=0.5)
+    shutil.rmtree(sweep.points[0].run_dir)
 
     # Execute
     with pytest.raises(CheckpointMismatchError, match="has weights digest .* but the points recorded in") as err:
@@ -318,7 +322,26 @@ def test_a_sweep_refuses_to_go_on_from_another_checkpoint_than_its_points_starte
     assert recorded["weights-digest"] in str(err.value) and "ATEN_CPU_CAPABILITY=avx2" in str(err.value)
     assert json.loads((sweep.folder / "pretrained.json").read_text()) == recorded
     _fake_checkpoint(out)
-    assert run_sweep(sweep, runner, progress=False).skipped == first
+    assert run_sweep(sweep, runner, progress=False).done == [sweep.points[0].name]
+
+
+def test_points_that_do_not_start_from_the_checkpoint_run_without_it(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    # Prepare: a sweep folder recording one checkpoint, another checkpoint on disk (as a
+    # machine with other CPU kernels pretrains), and points that start from the seeded model
+    out = tmp_path / "results" / "pretrained" / "net.pt"
+    sweep = parse_sweep(_grid(pretrain={"out": str(out)}), tmp_path / "results")
+    sweep.folder.mkdir(parents=True)
+    (sweep.folder / "pretrained.json").write_text(json.dumps({"path": "net.pt", "weights-digest": "0000000000000000"}))
+    monkeypatch.setattr(sweep_mod, "pretrain_pinned", lambda **_: pytest.fail("pretrained for no point"))
+
+    # Execute
+    report = run_sweep(sweep, fake_runner()[0], progress=False)
+    _fake_checkpoint(out)
+    report_with_other_checkpoint = run_sweep(sweep, fake_runner()[0], progress=False)
+
+    # Assert: every point ran once; neither the missing nor the other checkpoint stopped them
+    assert len(report.done) == 4 and report_with_other_checkpoint.skipped == report.done
+    assert json.loads((sweep.folder / "pretrained.json").read_text())["weights-digest"] == "0000000000000000"
 
 
 def test_import_brings_the_checkpoint_record_and_refuses_a_folder_recording_another(tmp_path: Path) -> None:
