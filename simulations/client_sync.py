@@ -1,4 +1,4 @@
-"""How a ClientApp brings its holding to the model version a message names, exactly.
+"""How a ClientApp brings its holding to the model version a message names.
 
 Every FedFish message says which model version it brings the node to (``model-version``),
 which version it assumes the node holds (``base-version``), and how (``sync``): ``full``
@@ -7,7 +7,9 @@ mask) or ``delta`` (values at explicit positions). A node that holds nothing sta
 version 0, which it rebuilds itself: the public checkpoint (``initial-model``) or the
 seeded initial model, either checked against the server's ``public-base-digest``. A node
 that cannot (another torch build, a missing file) or lacks the assumed base answers
-``need-base`` rather than guess, and is sent the dense model.
+``need-base`` rather than guess, and is sent the dense model. Values may come as changes
+from version 0 (``values-from: version0``, a downlink dtype other than fp32): the node then
+holds the model within a rounding step, not exactly.
 """
 
 from __future__ import annotations
@@ -112,14 +114,28 @@ def sync_model(
     elif sync == "delta-mask":
         if mask is None:
             raise NeedBase
-        model[mask.bits] = codec.decode_values(payloads["model-values"], mask)
+        model[mask.bits] = _received_values(cfg, payloads, mask, base0)
     elif sync == "delta":
         positions = codec.decode_mask(payloads["model-positions"])
-        model[positions.bits] = codec.decode_values(payloads["model-values"], positions)
+        model[positions.bits] = _received_values(cfg, payloads, positions, base0)
     else:
         raise ValueError(f"unknown sync kind {sync!r}")
     holding.set_model(model, target, base0, digest)
     return model
+
+
+def _received_values(cfg: dict, payloads: dict[str, bytes], positions: Mask, base0: torch.Tensor | None
+                     ) -> torch.Tensor:
+    """The global values at ``positions``: as sent, or version 0's plus the changes sent
+    (``values-from: version0``, a downlink dtype other than fp32)."""
+    values = codec.decode_values(payloads["model-values"], positions)
+    if cfg.get("values-from", "") == "":
+        return values
+    if cfg["values-from"] != "version0":
+        raise ValueError(f"unknown values-from {cfg['values-from']!r}")
+    if base0 is None:
+        raise NeedBase
+    return base0[positions.bits] + values
 
 
 def round_mask(cfg: dict, payloads: dict[str, bytes], holding: Holding, num_params: int) -> Mask | None:

@@ -60,6 +60,7 @@ class RunConfig:
     warmup_rounds: int = field(default=0, metadata=_range(0))
     mask_refresh: int = field(default=0, metadata=_range(0))
     value_dtype: str = field(default="fp32", metadata=_choice(*VALUE_DTYPES))
+    downlink_dtype: str = field(default="fp32", metadata=_choice(*VALUE_DTYPES))
     error_feedback: bool = False
     # Data (fedfish.dataconfig.DataConfig checks these) and model
     dataset: str = "fashion-mnist"
@@ -120,6 +121,9 @@ class RunConfig:
         if not self.run_name or "/" in self.run_name or self.run_name.startswith("."):
             raise ConfigError(f"run-name: must be a plain folder name, got {self.run_name!r}")
         parse_forget_state(self.fault_forget_state)
+        if self.downlink_dtype != "fp32" and (self.strategy == "fedavg" or not self.public_initial_model):
+            raise ConfigError(f"downlink-dtype: {self.downlink_dtype!r} sends changes from the public version 0; it "
+                              "needs a sparse strategy and public-initial-model=true (FedAvg sends the dense model)")
         if 0.0 < self.update_norm_factor <= 1.0:
             raise ConfigError(f"update-norm-factor: must be > 1 (or 0 = off), got {self.update_norm_factor}")
         try:
@@ -228,7 +232,9 @@ KEY_HELP: dict[str, str] = {
     "warmup-rounds": "dense FedAvg rounds before the first mask",
     "mask-refresh": "rebuild the mask every this many masked rounds (0 = fixed)",
     "value-dtype": "dtype of uplink changes (trained minus received): fp32, fp16, bf16, or int8 (stochastic rounding, "
-    "a scale per 256 values); downlinks stay fp32: clients hold the exact model",
+    "a scale per 256 values)",
+    "downlink-dtype": "dtype of the values clients are sent: fp32 (clients hold the exact model), or fp16, bf16, "
+    "int8 changes from the public version 0 (needs `public-initial-model`; a dense model stays fp32)",
     "error-feedback": "clients keep what the uplink dtype dropped and add it to their next change (memory the size "
     "of the mask)",
     "dataset": "fashion-mnist or cifar10 (built in, offline first), a registered name, `npz`, `parquet`/`csv`/"

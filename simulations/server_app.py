@@ -23,7 +23,7 @@ from fedfish.accounting import TrafficLog
 from fedfish.dataconfig import DataConfigError
 from fedfish.datasource import check as check_data
 from fedfish.datasource import data_info, load_split
-from fedfish.layout import ParamLayout, buffer_names, load_flat_params, params_digest
+from fedfish.layout import ParamLayout, buffer_names, flatten_params, load_flat_params, params_digest
 from fedfish.mask_sources import ScoreSettings, mask_source
 from fedfish.masks import k_for_density
 from fedfish.updates import update_rule
@@ -253,6 +253,8 @@ def build_strategy(cfg: RunConfig, model: torch.nn.Module) -> Strategy:
         warmup_rounds=cfg.warmup_rounds,
         mask_refresh=cfg.mask_refresh,
         value_dtype=cfg.value_dtype,
+        downlink_dtype=cfg.downlink_dtype,
+        version0=flatten_params(model) if cfg.downlink_dtype != "fp32" else None,
         error_feedback=cfg.error_feedback,
         fisher_source=cfg.fisher_source,
         server_scores_fn=server_scores_fn(cfg, model, source) if on_server else None,

@@ -37,6 +37,7 @@ from fedfish.mask_sources import mask_source as find_mask_source
 from fedfish.updates import DecodedUpdate, UpdateRule, update_rule
 from strategies import records
 from strategies.calibration import combine_scores, decode_scores
+from strategies.downlink import DownlinkEncoder
 from strategies.global_model import GlobalModel
 from strategies.holdings import NodeHoldings, wait_for_nodes
 from strategies.masking import MaskState, ServerScores
@@ -75,8 +76,13 @@ class FedFish(Strategy):
     mask_refresh : int (default: 0)
         Rebuild the mask every this many masked rounds; 0 keeps it fixed.
     value_dtype : str (default: "fp32")
-        Dtype of uplink changes (fp32, fp16, bf16, int8); downlinks are always fp32 so
-        clients hold the exact global model.
+        Dtype of uplink changes (fp32, fp16, bf16, int8).
+    downlink_dtype : str (default: "fp32")
+        Dtype of the values nodes are sent: fp32 (nodes hold the exact global model) or, with
+        ``public_base`` and ``version0``, fp16, bf16 or int8 changes from version 0
+        (:mod:`strategies.downlink`). A dense model is always sent in fp32.
+    version0 : torch.Tensor | None (default: None)
+        fp32 ``(P,)``: the version-0 model the nodes rebuild; needed by a downlink dtype other than fp32.
     error_feedback : bool (default: False)
         Clients keep what the uplink dtype dropped and add it to their next change.
     fisher_source : str (default: "client")
@@ -141,6 +147,8 @@ class FedFish(Strategy):
         warmup_rounds: int = 0,
         mask_refresh: int = 0,
         value_dtype: str = "fp32",
+        downlink_dtype: str = "fp32",
+        version0: torch.Tensor | None = None,
         error_feedback: bool = False,
         fisher_source: str = "client",
         server_scores_fn: ServerScores | None = None,
@@ -166,6 +174,10 @@ class FedFish(Strategy):
         self.rule: UpdateRule = update_rule(update)
         _check_choice("mask_scope", mask_scope, ("global", "per-layer"))
         _check_choice("value_dtype", value_dtype, codec.VALUE_DTYPES)
+        _check_choice("downlink_dtype", downlink_dtype, codec.VALUE_DTYPES)
+        if downlink_dtype != "fp32" and not public_base:
+            raise ValueError(f"FedFish: a {downlink_dtype} downlink sends changes from version 0, which needs "
+                             "public_base (every node rebuilds version 0)")
         _check_choice("fisher_source", fisher_source, ("client", "server"))
         _check_choice("buffers", buffers, BUFFER_MODES)
         _check_choice("aggregator", aggregator, AGGREGATORS)
@@ -215,7 +227,8 @@ class FedFish(Strategy):
                                refresh=mask_refresh, seed=seed)
         self.holdings = NodeHoldings(public_base=public_base, seed=seed, num_partitions=num_partitions)
         self.global_model = GlobalModel(layout, tuple(buffer_names),
-                                        syncs_buffers=bool(buffer_names) and buffers == "aggregate")
+                                        syncs_buffers=bool(buffer_names) and buffers == "aggregate",
+                                        downlink=DownlinkEncoder(layout.num_params, downlink_dtype, version0, seed))
         self.round_stats: dict[int, RoundStats] = {}
 
     @property
@@ -228,8 +241,9 @@ class FedFish(Strategy):
         """Log the configuration."""
         log(INFO, "\t├──> FedFish: update=%s mask_source=%s density=%.4f scope=%s",
             self.update, self.masks.source.name, self.density, self.masks.scope)
-        log(INFO, "\t├──> warm-up rounds=%d, mask refresh=%d, value dtype=%s, fisher source=%s",
-            self.warmup_rounds, self.masks.refresh, self.value_dtype, self.fisher_source)
+        log(INFO, "\t├──> warm-up rounds=%d, mask refresh=%d, value dtype=%s (downlink %s), fisher source=%s",
+            self.warmup_rounds, self.masks.refresh, self.value_dtype, self.global_model.downlink_dtype,
+            self.fisher_source)
         log(INFO, "\t└──> fraction train=%.2f evaluate=%.2f, min replies=%d",
             self.fraction_train, self.fraction_evaluate, self.min_replies)
 

@@ -34,9 +34,12 @@ class GlobalModel:
     syncs_buffers : bool
         Buffers are averaged from the training replies and sent with every message
         (``aggregate``); otherwise each client keeps its own and the server's stay as adopted.
+    downlink : DownlinkEncoder | None (default: None)
+        Encodes what nodes are sent; None = exact fp32 values.
     """
 
-    def __init__(self, layout: ParamLayout, buffer_names: tuple[str, ...], syncs_buffers: bool) -> None:
+    def __init__(self, layout: ParamLayout, buffer_names: tuple[str, ...], syncs_buffers: bool,
+                 downlink: DownlinkEncoder | None = None) -> None:
         self.layout = layout
         self.buffer_names = tuple(buffer_names)
         self.syncs_buffers = syncs_buffers
@@ -44,7 +47,7 @@ class GlobalModel:
         self.buffers: torch.Tensor | None = None  # fp32, buffer_names order
         self._params: torch.Tensor | None = None
         self._arrays: ArrayRecord | None = None
-        self._downlink = DownlinkEncoder(layout.num_params)
+        self._downlink = downlink or DownlinkEncoder(layout.num_params)
 
     @property
     def params(self) -> torch.Tensor:
@@ -52,6 +55,11 @@ class GlobalModel:
         if self._params is None:
             raise RuntimeError("FedFish: no global model yet (configure_train not called)")
         return self._params
+
+    @property
+    def downlink_dtype(self) -> str:
+        """Wire dtype of the values nodes are sent (:class:`~strategies.downlink.DownlinkEncoder`)."""
+        return self._downlink.dtype
 
     def adopt(self, arrays: ArrayRecord) -> None:
         """Take ``arrays`` as the current model; a no-op for the record :meth:`apply` returned last."""
