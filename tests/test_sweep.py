@@ -90,16 +90,18 @@ def test_committed_sweep_files_expand_to_the_documented_grids(tmp_path: Path) ->
 def test_the_crossdevice_sweep_runs_the_priority_points_first(tmp_path: Path) -> None:
     # Execute
     sweep = load_sweep(REPO / "simulations" / "sweeps" / "crossdevice.toml", tmp_path)
-    # Assert: 2 alphas x 2 scenarios x 3 seeds x 6 methods, alpha 0.5 fine-tune first, seed by seed
+    # Assert: 2 alphas x 2 scenarios x 3 seeds x 7 methods, alpha 0.5 fine-tune first, seed by seed
     points = sweep.points
-    assert len(points) == 72
-    assert [p.name for p in points[:7]] == [
+    assert len(points) == 84
+    assert [p.name for p in points[:8]] == [
         "alpha0.5_finetune_seed0_fedavg", "alpha0.5_finetune_seed0_fedfish-0.5pct",
         "alpha0.5_finetune_seed0_fedfish-2pct", "alpha0.5_finetune_seed0_fedfish-2pct-int8",
+        "alpha0.5_finetune_seed0_fedfish-2pct-int8-up-down",
         "alpha0.5_finetune_seed0_random-fixed-2pct", "alpha0.5_finetune_seed0_topk-ef-2pct",
         "alpha0.5_finetune_seed1_fedavg",
     ]
-    assert [p.config.alpha for p in points[:36]] == [0.5] * 36
+    assert [p.config.alpha for p in points[:42]] == [0.5] * 42
+    assert {p.config.downlink_dtype for p in points if p.name.endswith("up-down")} == {"int8"}
     for point in points:
         cfg = point.config
         assert (cfg.num_partitions, cfg.fraction_train, cfg.samples_per_client, cfg.eval_samples) == (100, 0.1, 0, 0)
