@@ -9,7 +9,7 @@ model (``full``: first contact, lost state, or whenever the delta would not be s
 Downlink values are fp32 by default, so that every node holds the global model exactly.
 With another ``dtype`` (fp16, bf16, int8) the values sent are the changes from version 0,
 which every node rebuilds itself (a seed or a public checkpoint): a change since version 0
-spans far less than a weight does, so eight bits keep it close, and a node overwrites what
+usually spans less than a weight does, so eight bits keep it close, and a node overwrites what
 it held rather than adding to it, so a node's error never outlives its next sync. The
 node then trains from within one rounding step of the global model and uploads the change
 from what it received, which the server adds to its exact fp32 model. The dense model
@@ -136,7 +136,7 @@ class DownlinkEncoder:
                     payloads["model-values"] = self._once(
                         history, key + ("values",), lambda: self._values(history, global_params, position_mask),
                     )
-        if sync != "full" and "model-values" in payloads and self.version0 is not None:
+        if "model-values" in payloads and self.version0 is not None:
             config["values-from"] = "version0"
         if sync == "full":
             payloads["model-dense"] = self._once(history, ("dense",), lambda: codec.encode_dense(global_params, "fp32"))
