@@ -281,9 +281,8 @@ def public_base_config(cfg: RunConfig, model: torch.nn.Module) -> dict[str, str]
     they find the checkpoint ("" = the seeded initial model)."""
     if not cfg.public_initial_model:
         return {}
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     path = str(Path(cfg.initial_model).resolve()) if cfg.initial_model else ""
-    return {"initial-model": path, "public-base-digest": params_digest(flat)}
+    return {"initial-model": path, "public-base-digest": params_digest(flatten_params(model))}
 
 
 def server_scores_fn(cfg: RunConfig, model: torch.nn.Module, source_name: str):  # noqa: ANN201 - a closure

@@ -16,7 +16,6 @@ from fedfish.sync import ChangeHistory
 from fedfish.value_section import value_section_size
 from simulations.client_sync import NeedBase, sync_model
 from simulations.config import ConfigError, RunConfig
-from simulations.inprocess import InProcessGrid
 from strategies.downlink import DownlinkEncoder
 from tests.loopback import run_strategy
 
@@ -56,6 +55,8 @@ def test_a_node_rebuilds_the_global_model_within_one_rounding_step(seed: int, de
     history.record(mask.bits)
     encoder = DownlinkEncoder(P, dtype, version0, seed=seed)
 
+    server_model = current.clone()
+
     # Execute
     sync = encoder.node_sync(history, current, 0, 1, mask, None)
     received = sync_model(_node_cfg(sync.config), sync.payloads, Holding(), version0, mask)
@@ -71,6 +72,7 @@ def test_a_node_rebuilds_the_global_model_within_one_rounding_step(seed: int, de
         bound = change.abs() * 2.0 ** (-8 if dtype == "bf16" else -11) + 1e-7
     assert ((received[mask.bits] - current[mask.bits]).abs() <= bound).all()
     assert torch.equal(received[~mask.bits], version0[~mask.bits])
+    assert torch.equal(current, server_model)
 
 
 def test_int8_downlink_costs_a_quarter_of_fp32_and_leaves_full_syncs_exact() -> None:
@@ -165,7 +167,7 @@ def test_an_int8_downlink_run_trains_like_the_fp32_run_for_a_quarter_of_the_valu
                     density=0.05, fisher_samples=16, eval_samples=100, seed=3)
 
     # Execute
-    exact, _, exact_traffic, exact_snaps, _ = run_strategy(cfg, 5)
+    _, _, exact_traffic, exact_snaps, _ = run_strategy(cfg, 5)
     int8, _, int8_traffic, int8_snaps, _ = run_strategy(cfg.replace(downlink_dtype="int8"), 5)
 
     # Assert: every reply accepted; each training downlink is the mask's values in int8
