@@ -351,7 +351,7 @@ def test_update_docs_rewrites_only_the_marked_block_and_is_idempotent(
 
     # Assert: the prose stays, the old numbers are gone, the block holds the printed RESULT line
     # and the tables, and a second run changes nothing
-    assert first.startswith(f"intro\n\n{BLOCK_BEGIN}\n**Finished and committed: `crossdevice` 0 of 84 points")
+    assert first.startswith(f"intro\n\n{BLOCK_BEGIN}\n**Finished and committed: `crossdevice` 0 of 132 points")
     assert first.endswith(f"{BLOCK_END}\n\nprose after\n") and "old numbers" not in first
     assert "```text\n" in first and f"\n{result}\n```\n" in first
     assert "| fedfish 2% | 2 |" in first and "| 13.5x" in first
@@ -383,9 +383,9 @@ def test_status_line_counts_the_committed_points_of_each_group(tmp_path: Path) -
     # Execute
     line = status_line(sweeps, tmp_path)
 
-    # Assert: counted per (scenario, alpha) group of 21, the running point not counted
-    assert line == ("**Finished and committed: `crossdevice` 2 of 84 points (finetune, alpha 0.5: 0 of 21; "
-                    "scratch, alpha 0.5: 1 of 21; finetune, alpha 0.1: 1 of 21; scratch, alpha 0.1: 0 of 21), "
+    # Assert: counted per (scenario, alpha) group of 33, the running point not counted
+    assert line == ("**Finished and committed: `crossdevice` 2 of 132 points (finetune, alpha 0.5: 0 of 33; "
+                    "scratch, alpha 0.5: 1 of 33; finetune, alpha 0.1: 1 of 33; scratch, alpha 0.1: 0 of 33), "
                     "`crossdevice_resnet` 0 of 6 points (finetune, alpha 0.5: 0 of 6).**")
 
 

@@ -90,17 +90,20 @@ def test_committed_sweep_files_expand_to_the_documented_grids(tmp_path: Path) ->
 def test_the_crossdevice_sweep_runs_the_priority_points_first(tmp_path: Path) -> None:
     # Execute
     sweep = load_sweep(REPO / "simulations" / "sweeps" / "crossdevice.toml", tmp_path)
-    # Assert: 2 alphas x 2 scenarios x 3 seeds x 7 methods, alpha 0.5 fine-tune first, seed by seed
+    # Assert: 2 alphas x 2 scenarios x 3 seeds x 11 methods, alpha 0.5 fine-tune first, seed by seed,
+    # the priority methods first in each seed
     points = sweep.points
-    assert len(points) == 84
-    assert [p.name for p in points[:8]] == [
+    assert len(points) == 132
+    assert [p.name for p in points[:12]] == [
         "alpha0.5_finetune_seed0_fedavg", "alpha0.5_finetune_seed0_fedfish-0.5pct",
         "alpha0.5_finetune_seed0_fedfish-2pct", "alpha0.5_finetune_seed0_fedfish-2pct-int8",
         "alpha0.5_finetune_seed0_fedfish-2pct-int8-up-down",
         "alpha0.5_finetune_seed0_random-fixed-2pct", "alpha0.5_finetune_seed0_topk-ef-2pct",
+        "alpha0.5_finetune_seed0_fedfish-5pct", "alpha0.5_finetune_seed0_magnitude-2pct",
+        "alpha0.5_finetune_seed0_saliency-2pct", "alpha0.5_finetune_seed0_random-per-round-2pct",
         "alpha0.5_finetune_seed1_fedavg",
     ]
-    assert [p.config.alpha for p in points[:42]] == [0.5] * 42
+    assert [p.config.alpha for p in points[:66]] == [0.5] * 66
     assert {p.config.downlink_dtype for p in points if p.name.endswith("up-down")} == {"int8"}
     for point in points:
         cfg = point.config
