@@ -16,6 +16,7 @@ from bench.savings import BLOCK_BEGIN, BLOCK_END, SECOND_ARCHITECTURE, SWEEP, st
 from bench.savings import main as savings_main
 from simulations import analysis as an
 from simulations import mask_analysis as ma
+from simulations import plots
 from simulations import savings as sv
 from simulations.config import RunConfig
 from simulations.results import CLIENT_COLUMNS, ROUND_COLUMNS
@@ -435,3 +436,25 @@ def test_best_of_ranks_a_setting_with_fewer_seeds_below_a_complete_one(sweep_fol
 
     # Assert: the two-seed setting is the headline
     assert best.loc["finetune", "label"] == "fedfish 2%"
+
+
+@pytest.mark.parametrize("draw", [plots.plot_accuracy_vs_bytes, plots.plot_accuracy_vs_round,
+                                  plots.plot_bytes_per_round])
+def test_eleven_methods_get_eleven_distinct_lines(draw) -> None:  # noqa: ANN001 - a plotting function
+    # Prepare: 11 methods (the crossdevice sweep's count), two rounds each
+    rounds = pd.DataFrame([
+        {"label": f"method {i}", "run": f"run {i}", "round": r, "accuracy": 0.5 + r / 10 + i / 100,
+         "cumulative_bytes": 1000 * r, "bytes_total": 1000}
+        for i in range(11) for r in (1, 2)])
+
+    # Execute
+    fig = draw(rounds)
+
+    # Assert: matplotlib's cycle alone repeats its first colour at the 11th line; here the first
+    # 10 keep the default colours, solid, and the 11th is the first colour dashed
+    lines = fig.axes[0].get_lines()
+    styles = [(line.get_color(), line.get_linestyle()) for line in lines]
+    assert len(lines) == 11 and len(set(styles)) == 11
+    assert [style for _, style in styles] == ["-"] * 10 + ["--"]
+    assert styles[10][0] == styles[0][0] == plots.pyplot().get_cmap("tab10").colors[0]
+    plots.pyplot().close(fig)
