@@ -68,8 +68,8 @@ def environment(cores: Sequence[int] | None = None) -> dict[str, Any]:
 def run_point_subprocess(point: Point, on_line: Callable[[str], None], cores: Sequence[int] | None = None
                          ) -> str | None:
     """Run one point as ``python -m simulations.run key=value ...``, on ``cores`` if given; its
-    output goes to ``<point>/run.log`` and each line to ``on_line``. Returns None or the error
-    tail."""
+    output goes to ``<point>/run.log`` (appended to when the point continues an interrupted
+    run) and each line to ``on_line``. Returns None or the error tail."""
     args = [f"{key}={_toml_value(value)}" for key, value in point.config.to_mapping().items()]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
@@ -78,7 +78,7 @@ def run_point_subprocess(point: Point, on_line: Callable[[str], None], cores: Se
         env[CORES_ENV] = ",".join(map(str, cores))
     point.run_dir.mkdir(parents=True, exist_ok=True)
     tail: list[str] = []
-    with (point.run_dir / LOG_FILE).open("w") as log:
+    with (point.run_dir / LOG_FILE).open("a" if point.config.resume else "w") as log:
         # Own process group: stopping the sweep stops the point's Ray workers with it.
         process = subprocess.Popen(
             [sys.executable, "-m", POINT_MODULE, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -102,8 +102,9 @@ def run_point_subprocess(point: Point, on_line: Callable[[str], None], cores: Se
 
 
 def stop_running_points() -> None:
-    """Kill every running point's process group (the sweep was interrupted): points are never
-    resumed, so there is nothing to save."""
+    """Kill every running point's process group (the sweep was interrupted): each point's server
+    has checkpointed its last complete round, which the next sweep continues from, so there is
+    nothing else to save."""
     with _RUNNING_LOCK:
         running = list(_RUNNING)
     for process in running:

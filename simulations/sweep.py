@@ -9,8 +9,11 @@ The file format is :mod:`simulations.sweep_file`'s. Each point runs in its own p
 is reported and the sweep goes on. ``--workers N`` runs N points at once, each pinned to its
 own share of the cores (Ray's workers included), for machines with many cores or a GPU that
 one small model leaves idle. Results go to ``<results-dir>/<name>/<point>/`` with
-``sweep-point.json`` saying ``running``, ``done`` or ``failed``; on a rerun, ``done``
-points whose config is unchanged are skipped and every other point is redone from scratch.
+``sweep-point.json`` saying ``running``, ``done`` or ``failed``. On a rerun, ``done`` points
+whose config is unchanged are skipped; a point that was stopped mid-run (the sweep killed,
+the machine gone) continues from its last complete round (``resume=true``: its server
+checkpoint and its clients' on-disk state), so a long point may span sessions; every other
+point is redone from scratch.
 ``--export`` copies the evidence of the finished points (``config.json``, ``rounds.csv``,
 ``sweep-point.json``: no models, no client state) to a folder meant to be committed, and
 the pretrained checkpoint's record (how it was made, a digest of its weights) beside them;
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from simulations.analysis import POINT_FILE
+from simulations.checkpoint import CHECKPOINT_NAME
 from simulations.config import RunConfig
 from simulations.point_process import environment, run_point_subprocess, split_cores, stop_running_points
 from simulations.pretrain import RECORD_FILE, check_record, checkpoint_record, pretrain_pinned
@@ -48,8 +52,9 @@ ROUND_LINE = "[fedfish] round "
 # What a finished point leaves to commit: enough for every table and figure.
 EVIDENCE_FILES = ("config.json", "rounds.csv", POINT_FILE)
 # Keys that say how a point is carried out, not what it computes: a finished point stays
-# finished when they change (a longer round timeout does not redo a 5-hour sweep).
-OPERATIONAL_KEYS = frozenset({"round-timeout", "client-state-dir", "results-dir"})
+# finished when they change (a longer round timeout does not redo a 5-hour sweep), and
+# ``resume``, which an interrupted point is continued with.
+OPERATIONAL_KEYS = frozenset({"round-timeout", "client-state-dir", "results-dir", "resume"})
 
 
 @dataclass
@@ -67,8 +72,9 @@ Runner = Callable[..., str | None]
 
 
 def point_status(point: Point) -> str:
-    """``done`` (finished with this very config), ``stale`` (folder from another config or a
-    half-written run) or ``new``.
+    """``done`` (finished with this very config), ``interrupted`` (stopped mid-run with this
+    very config, after at least one round it can continue from), ``stale`` (a folder from
+    another config, a failed run, or one stopped before its first checkpoint) or ``new``.
 
     A point recorded before a run-config key existed counts as run with that key's default
     (new keys default to the old behaviour), so adding a key does not redo a sweep; keys in
@@ -81,15 +87,19 @@ def point_status(point: Point) -> str:
         info = json.loads(marker.read_text())
     except json.JSONDecodeError:
         return "stale"
-    recorded = info.get("config")
-    if info.get("status") != "done" or not isinstance(recorded, dict):
+    recorded, status = info.get("config"), info.get("status")
+    if status not in ("done", "running") or not isinstance(recorded, dict):
         return "stale"
     current = _relative_to_results(point.config.to_mapping())
     recorded = _relative_to_results(recorded)
     defaults = RunConfig().to_mapping()
-    done = all(recorded.get(key, defaults[key]) == value
+    same = all(recorded.get(key, defaults[key]) == value
                for key, value in current.items() if key not in OPERATIONAL_KEYS)
-    return "done" if done else "stale"
+    if not same:
+        return "stale"
+    if status == "running":
+        return "interrupted" if (point.run_dir / CHECKPOINT_NAME).is_file() else "stale"
+    return "done"
 
 
 def _relative_to_results(config: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +154,9 @@ def run_sweep(sweep: Sweep, runner: Runner | None = None, *, progress: bool = Tr
         if status == "stale":
             say(f"redoing {point.name}: its folder is half-written, failed or from another config")
             shutil.rmtree(point.run_dir)
+        if status == "interrupted":
+            say(f"continuing {point.name} from its last complete round")
+            point = dataclasses.replace(point, config=point.config.replace(resume=True))
         todo.append(point)
     if any(_starts_from_checkpoint(sweep, point) for point in todo):
         _pretrained_checkpoint(sweep)
@@ -166,7 +179,7 @@ def run_sweep(sweep: Sweep, runner: Runner | None = None, *, progress: bool = Tr
                 pass
         except BaseException:
             # Interrupted (SIGINT/SIGTERM): start no other point and stop the running ones,
-            # which stay "running" and are redone next time.
+            # which stay "running" and continue from their last complete round next time.
             stopping.set()
             pool.shutdown(wait=False, cancel_futures=True)
             stop_running_points()
@@ -195,11 +208,13 @@ def _run_point(point: Point, runner: Runner, cores: list[int] | None, say: Calla
         error = _check_complete(point)
     seconds = round(time.time() - started, 1)
     _remove_client_state(point)
+    # A continued point's seconds are those of its last stretch; "resumed" says so.
+    resumed = {"resumed": True} if point.config.resume else {}
     if error is None:
-        _mark(point, "done", seconds=seconds, environment=environment(cores))
+        _mark(point, "done", seconds=seconds, environment=environment(cores), **resumed)
         report.done.append(point.name)
     else:
-        _mark(point, "failed", seconds=seconds, error=error, environment=environment(cores))
+        _mark(point, "failed", seconds=seconds, error=error, environment=environment(cores), **resumed)
         report.failed.append((point.name, error))
         say(f"FAILED {point.name}: {error}")
 
@@ -325,8 +340,9 @@ def _pretrained_checkpoint(sweep: Sweep) -> None:
 
 
 def _remove_client_state(point: Point) -> None:
-    # A point is never resumed (a half-written one is redone), so its clients' on-disk
-    # state (~7 MB per client) is of no further use.
+    # A finished or failed point is never continued (a failed one is redone), so its
+    # clients' on-disk state (~7 MB per client) is of no further use; an interrupted
+    # point keeps it, to continue without a dense resync.
     folder = point.config.client_state_folder()
     if folder:
         shutil.rmtree(Path(folder) / point.config.run_name, ignore_errors=True)
@@ -373,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="first copy the exported points of DIR/<name>/ in, so that they are not run again")
     args = parser.parse_args(argv)
     # SIGTERM (and SIGINT, which background jobs ignore) unwinds like Ctrl-C, so the running
-    # point's process group is stopped too; the point stays "running" and is redone next time.
+    # point's process group is stopped too; the point stays "running" and continues next time.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     sweep = load_sweep(args.sweep, args.results_dir, parse_overrides(args.set))
@@ -391,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imported {len(names)} finished points from {Path(args.import_dir) / sweep.name}")
     if args.dry_run:
         for point in sweep.points:
-            print(f"{point_status(point):>5}  {point.name}")
+            print(f"{point_status(point):>11}  {point.name}")
         return 0
     try:
         report = run_sweep(sweep, progress=not args.no_progress, workers=args.workers)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import torch
 
@@ -200,6 +203,41 @@ def test_rerun_skips_done_points_and_redoes_failed_half_written_and_changed_ones
     assert report.skipped == ["seed0_fedavg", "seed1_fedfish-2pct"] and not report.failed
     assert not (half / "leftover.txt").exists()  # redone from scratch
     assert len(report_changed.done) == 4  # another lr: every point is stale
+
+
+def test_a_point_stopped_after_a_checkpoint_continues_and_one_stopped_before_is_redone(tmp_path: Path) -> None:
+    # Prepare: both seeds' fedavg points were killed mid-run ("running", this config); only
+    # seed 0's server had checkpointed a round. A changed config makes seed 0 stale again.
+    sweep = parse_sweep(_grid(), tmp_path)
+    for point in sweep.points[::2]:  # seed0_fedavg, seed1_fedavg
+        point.run_dir.mkdir(parents=True)
+        sweep_mod._mark(point, "running")
+        (point.run_dir / "rounds.csv").write_text("round\n0\n1\n")
+    cut = sweep.points[0].run_dir
+    (cut / "checkpoint.pt").write_bytes(b"server state after round 1")
+    changed = parse_sweep(_grid(base={"num-server-rounds": 2, "num-partitions": 2, "lr": 0.1}), tmp_path)
+    resumed: dict[str, bool] = {}
+    runner, calls = fake_runner()
+
+    def recording(point: Point, on_line) -> str | None:  # noqa: ANN001
+        resumed[point.name] = point.config.resume
+        return runner(point, on_line)
+
+    # Execute
+    statuses = [point_status(p) for p in sweep.points]
+    changed_status = point_status(changed.points[0])
+    report = run_sweep(sweep, recording, progress=False)
+
+    # Assert
+    assert statuses == ["interrupted", "new", "stale", "new"] and changed_status == "stale"
+    assert resumed == {"seed0_fedavg": True, "seed0_fedfish-2pct": False,
+                       "seed1_fedavg": False, "seed1_fedfish-2pct": False}
+    assert (cut / "checkpoint.pt").is_file()  # its folder was kept for the run to continue from
+    marker = json.loads((cut / POINT_FILE).read_text())
+    assert marker["status"] == "done" and marker["resumed"] is True
+    assert "resumed" not in json.loads((sweep.points[2].run_dir / POINT_FILE).read_text())
+    assert report.done == [p.name for p in sweep.points]
+    assert [point_status(p) for p in sweep.points] == ["done"] * 4  # resume=true does not make it stale
 
 
 def test_point_recorded_before_a_key_existed_is_done_only_if_the_key_is_at_its_default(tmp_path: Path) -> None:
@@ -440,29 +478,53 @@ def test_point_subprocess_streams_round_lines_logs_output_and_reports_exit_statu
 
 
 @pytest.mark.e2e
-def test_sweep_command_runs_a_real_point_and_skips_it_on_rerun(tmp_path: Path) -> None:
-    # Prepare: two points of the committed quick sweep, 2 rounds, in Flower's Ray simulation,
-    # side by side on a core each.
+def test_a_sweep_stopped_mid_point_continues_it_and_skips_finished_points(tmp_path: Path) -> None:
+    # Prepare: two points of the committed quick sweep, 5 rounds, in Flower's Ray simulation,
+    # side by side on a core each
     command = [
         sys.executable, "-m", "simulations.sweep", str(QUICK), "--results-dir", str(tmp_path),
-        "--only", "alpha0.5_scratch_(fedfish|fedavg)", "--set", "num-server-rounds=2", "--no-progress",
+        "--only", "alpha0.5_scratch_(fedfish|fedavg)", "--set", "num-server-rounds=5", "--no-progress",
         "--workers", str(min(2, usable_cpus())),
     ]
+    fedfish = tmp_path / "quick" / "seed0_alpha0.5_scratch_fedfish-5pct"
+    sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    # Execute
-    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400, check=False)
-    second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    # Execute: SIGTERM the sweep (as a deadline script does) once the FedFish point has
+    # checkpointed round 2, then run the same command twice more
+    deadline = time.time() + 300
+    while _rounds_written(fedfish) < 3 and sweep.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    sweep.send_signal(signal.SIGTERM)
+    stopped_output, _ = sweep.communicate(timeout=60)
+    stopped_rounds = _rounds_written(fedfish)
+    marker_after_stop = json.loads((fedfish / POINT_FILE).read_text())
+    leftovers = [p.pid for p in psutil.process_iter(["cmdline"])
+                 if "run-name=" in " ".join(p.info["cmdline"] or []) and str(tmp_path) in " ".join(p.info["cmdline"])]
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    third = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
 
-    # Assert
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "sweep quick: 2 run, 0 already done, 0 failed" in first.stdout
-    point = tmp_path / "quick" / "seed0_alpha0.5_scratch_fedfish-5pct"
-    assert json.loads((point / POINT_FILE).read_text())["status"] == "done"
-    rounds = pd.read_csv(point / "rounds.csv")
-    assert list(rounds["phase"]) == ["initial", "warmup", "calibration"]
+    # Assert: stopped mid-run with nothing left running, then continued, not redone
+    assert marker_after_stop["status"] == "running" and 3 <= stopped_rounds < 6, stopped_output[-3000:]
+    assert leftovers == []
+    assert again.returncode == 0 and "0 failed" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
+    marker = json.loads((fedfish / POINT_FILE).read_text())
+    assert marker["status"] == "done" and marker["resumed"] is True
+    rounds = pd.read_csv(fedfish / "rounds.csv")
+    assert list(rounds["round"]) == [0, 1, 2, 3, 4, 5]
+    assert list(rounds["phase"][:3]) == ["initial", "warmup", "calibration"]
+    log = (fedfish / point_process.LOG_FILE).read_text()
+    assert "resuming after round" in log and log.index("[fedfish] round 1/5") < log.index("resuming after round")
     fedavg = pd.read_csv(tmp_path / "quick" / "seed0_alpha0.5_scratch_fedavg" / "rounds.csv")
-    assert list(fedavg["phase"]) == ["initial", "train", "train"]
-    assert "sweep quick: 0 run, 2 already done, 0 failed" in second.stdout
+    assert list(fedavg["phase"]) == ["initial"] + ["train"] * 5
+    assert "sweep quick: 0 run, 2 already done, 0 failed" in third.stdout
+
+
+def _rounds_written(run_dir: Path) -> int:
+    """Rows in ``rounds.csv`` once the server has checkpointed them, else 0."""
+    rounds, checkpoint = run_dir / "rounds.csv", run_dir / "checkpoint.pt"
+    if not (rounds.is_file() and checkpoint.is_file()):
+        return 0
+    return len(rounds.read_text().strip().splitlines()) - 1
 
 
 # ----------------------------------------------------------------------------- the fine-tuning scenario's data
