@@ -15,7 +15,8 @@ server averages into its fp32 model (:mod:`fedfish.aggregation`).
 
 Node bookkeeping (partitions, holdings, enrolment, sampling) is :mod:`strategies.holdings`;
 the mask's life cycle is :mod:`strategies.masking`; the fp32 global model, its version
-history and the payloads encoded from it are :mod:`strategies.global_model`.
+history and the payloads encoded from it are :mod:`strategies.global_model`; which settings
+are accepted is :mod:`strategies.settings`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from fedfish import codec
-from fedfish.aggregation import AGGREGATORS, combine
+from fedfish.aggregation import combine
 from fedfish.layout import ParamLayout
 from fedfish.mask_sources import mask_source as find_mask_source
 from fedfish.updates import DecodedUpdate, UpdateRule, update_rule
@@ -42,10 +43,10 @@ from strategies.global_model import GlobalModel
 from strategies.holdings import NodeHoldings, wait_for_nodes
 from strategies.masking import MaskState, ServerScores
 from strategies.replies import ReplyBatch, ReplyRules, check_replies
+from strategies.settings import check_settings
 from strategies.stats import RoundStats
 
 TRAIN, EVALUATE, SCORES = "train.fedfish", "evaluate.fedfish", "query.scores"
-BUFFER_MODES = ("aggregate", "local")
 # What an enrolling node needs to find its on-disk state (simulations.client_state).
 ENROL_KEYS = ("run-name", "run-token", "client-state-dir")
 
@@ -172,32 +173,13 @@ class FedFish(Strategy):
     ) -> None:
         source = find_mask_source(mask_source)
         self.rule: UpdateRule = update_rule(update)
-        _check_choice("mask_scope", mask_scope, ("global", "per-layer"))
-        _check_choice("value_dtype", value_dtype, codec.VALUE_DTYPES)
-        _check_choice("downlink_dtype", downlink_dtype, codec.VALUE_DTYPES)
-        if downlink_dtype != "fp32" and not public_base:
-            raise ValueError(f"FedFish: a {downlink_dtype} downlink sends changes from version 0, which needs "
-                             "public_base (every node rebuilds version 0)")
-        _check_choice("fisher_source", fisher_source, ("client", "server"))
-        _check_choice("buffers", buffers, BUFFER_MODES)
-        _check_choice("aggregator", aggregator, AGGREGATORS)
-        if not 0.0 < density <= 1.0:
-            raise ValueError(f"FedFish: density must be in (0, 1], got {density}")
-        if not 0.0 < fraction_train <= 1.0:
-            raise ValueError(f"FedFish: fraction_train must be in (0, 1], got {fraction_train}")
-        if not 0.0 <= fraction_evaluate <= 1.0:
-            raise ValueError(f"FedFish: fraction_evaluate must be in [0, 1], got {fraction_evaluate}")
-        if warmup_rounds < 0 or mask_refresh < 0 or min_replies < 1:
-            raise ValueError(
-                "FedFish: warmup_rounds and mask_refresh must be >= 0 and min_replies >= 1, got "
-                f"{warmup_rounds}, {mask_refresh}, {min_replies}"
-            )
-        if max_update_norm is not None and not max_update_norm > 0:
-            raise ValueError(f"FedFish: max_update_norm must be > 0 or None, got {max_update_norm}")
-        if update_norm_factor is not None and not update_norm_factor > 1:
-            raise ValueError(f"FedFish: update_norm_factor must be > 1 or None, got {update_norm_factor}")
-        if head.dtype != torch.bool or head.shape != (layout.num_params,):
-            raise ValueError(f"FedFish: head must be a bool vector of {layout.num_params} entries")
+        check_settings(
+            num_params=layout.num_params, head=head, density=density, mask_scope=mask_scope, value_dtype=value_dtype,
+            downlink_dtype=downlink_dtype, public_base=public_base, fisher_source=fisher_source, buffers=buffers,
+            aggregator=aggregator, fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
+            warmup_rounds=warmup_rounds, mask_refresh=mask_refresh, min_replies=min_replies,
+            max_update_norm=max_update_norm, update_norm_factor=update_norm_factor,
+        )
         scores_on_server = source.kind == "model" or (source.kind == "data" and fisher_source == "server")
         if self.rule.trains_under_mask and scores_on_server and server_scores_fn is None:
             raise ValueError(f"FedFish: mask source {mask_source!r} with fisher_source={fisher_source!r} "
@@ -443,7 +425,3 @@ class FedFish(Strategy):
 def _change_norm(decoded: tuple[DecodedUpdate, torch.Tensor | None]) -> float:
     return float(torch.linalg.vector_norm(decoded[0].values.double()))
 
-
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"FedFish: {name} must be one of {list(allowed)}, got {value!r}")

@@ -237,6 +237,15 @@ def test_malformed_reply_is_dropped_and_model_untouched(
         ({"fraction_train": 0.0}, "fraction_train"),
         ({"min_replies": 0}, "min_replies"),
         ({"fisher_source": "server"}, "server_scores_fn"),
+        ({"fisher_source": "proxy"}, "fisher_source must be one of"),
+        ({"mask_scope": "per-block"}, "mask_scope must be one of"),
+        ({"downlink_dtype": "int8"}, "int8 downlink .* needs public_base"),
+        ({"buffers": "shared"}, "buffers must be one of"),
+        ({"aggregator": "mode"}, "aggregator must be one of"),
+        ({"fraction_evaluate": 1.5}, "fraction_evaluate"),
+        ({"warmup_rounds": -1}, "warmup_rounds"),
+        ({"update_norm_factor": 1.0}, "update_norm_factor"),
+        ({"head": torch.zeros(3, dtype=torch.bool)}, "head must be a bool vector"),
     ],
 )
 def test_constructor_rejects_bad_arguments(kwargs: dict, match: str) -> None:
