@@ -16,17 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from fedfish.aggregation import AGGREGATORS
+from fedfish.codec import VALUE_DTYPES
 from fedfish.dataconfig import DataConfig, DataConfigError
 from fedfish.partition import partitioner_names
+from strategies.settings import BUFFER_MODES, FISHER_SOURCES, MASK_SCOPES
 
 STRATEGIES = ("fedavg", "fedfish", "random-fixed", "random-per-round", "magnitude", "saliency", "topk-ef")
 FISHER_TYPES = ("empirical", "expected", "sampled")
-FISHER_SOURCES = ("client", "server")
 FISHER_UPLOADS = ("fp32", "fp16", "sparse")
-MASK_SCOPES = ("global", "per-layer")
-VALUE_DTYPES = ("fp32", "fp16", "bf16", "int8")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-BUFFER_MODES = ("aggregate", "local")
 
 
 class ConfigError(ValueError):

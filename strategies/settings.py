@@ -12,6 +12,9 @@ import torch
 from fedfish import codec
 from fedfish.aggregation import AGGREGATORS
 
+# The run config (simulations.config) offers the same choices: these are their one definition.
+FISHER_SOURCES = ("client", "server")
+MASK_SCOPES = ("global", "per-layer")
 BUFFER_MODES = ("aggregate", "local")
 
 
@@ -36,13 +39,13 @@ def check_settings(  # noqa: PLR0913 - one keyword per FedFish setting it checks
     update_norm_factor: float | None,
 ) -> None:
     """Raise ValueError naming the first setting FedFish cannot run with."""
-    _check_choice("mask_scope", mask_scope, ("global", "per-layer"))
+    _check_choice("mask_scope", mask_scope, MASK_SCOPES)
     _check_choice("value_dtype", value_dtype, codec.VALUE_DTYPES)
     _check_choice("downlink_dtype", downlink_dtype, codec.VALUE_DTYPES)
     if downlink_dtype != "fp32" and not public_base:
         raise ValueError(f"FedFish: a {downlink_dtype} downlink sends changes from version 0, which needs "
                          "public_base (every node rebuilds version 0)")
-    _check_choice("fisher_source", fisher_source, ("client", "server"))
+    _check_choice("fisher_source", fisher_source, FISHER_SOURCES)
     _check_choice("buffers", buffers, BUFFER_MODES)
     _check_choice("aggregator", aggregator, AGGREGATORS)
     if not 0.0 < density <= 1.0:
