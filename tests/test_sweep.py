@@ -1,10 +1,10 @@
-"""Sweeps: parsing the TOML grid, resuming, reporting failed points, the point subprocess."""
+"""Sweeps: parsing the TOML grid, resuming, reporting failed points, the point subprocess.
+
+The fine-tuning checkpoint a sweep pretrains and records is tested in test_pretrain.py."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,57 +12,22 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import psutil
 import pytest
-import torch
 
 from simulations import point_process
 from simulations import sweep as sweep_mod
 from simulations.analysis import POINT_FILE, run_dirs
-from simulations.config import ConfigError, RunConfig
-from simulations.pretrain import CheckpointMismatchError
+from simulations.config import ConfigError
 from simulations.run import usable_cpus
 from simulations.sweep import export_evidence, point_status, run_sweep
 from simulations.sweep_file import Point, load_sweep, parse_sweep
+from tests.sweep_fakes import fake_runner, small_grid
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "simulations" / "sweeps" / "quick.toml"
 DEMO = REPO / "simulations" / "sweeps" / "demo.toml"
-
-
-def _grid(**extra: object) -> dict:
-    data = {
-        "name": "t",
-        "base": {"num-server-rounds": 2, "num-partitions": 2},
-        "axes": {
-            "seed": [0, 1],
-            "method": [
-                {"label": "fedavg", "strategy": "fedavg"},
-                {"label": "fedfish 2%", "strategy": "fedfish", "density": 0.02, "tags": {"family": "fisher"}},
-            ],
-        },
-    }
-    data.update(extra)
-    return data
-
-
-def fake_runner(fail: set[str] = frozenset()):  # noqa: ANN201 - returns a Runner and its call log
-    """Writes a results folder in the run format (config.json + rounds.csv), or fails."""
-    calls: list[str] = []
-
-    def run(point: Point, on_line) -> str | None:  # noqa: ANN001
-        calls.append(point.name)
-        on_line("[fedfish] round 1/2 train")
-        if point.name in fail:
-            raise RuntimeError("boom")
-        rows = pd.DataFrame({"round": range(point.config.num_server_rounds + 1)})
-        rows.to_csv(point.run_dir / "rounds.csv", index=False)
-        (point.run_dir / "config.json").write_text(json.dumps({"config": point.config.to_mapping()}))
-        return None
-
-    return run, calls
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -118,7 +83,7 @@ def test_the_crossdevice_sweep_runs_the_priority_points_first(tmp_path: Path) ->
 
 def test_axes_product_order_labels_and_overrides(tmp_path: Path) -> None:
     # Execute
-    sweep = parse_sweep(_grid(), tmp_path, overrides={"num-server-rounds": 7})
+    sweep = parse_sweep(small_grid(), tmp_path, overrides={"num-server-rounds": 7})
 
     # Assert
     assert [p.name for p in sweep.points] == [
@@ -155,7 +120,7 @@ def test_invalid_sweep_files_are_refused(change: dict, match: str, tmp_path: Pat
 
 def test_an_invalid_point_is_a_config_error_naming_the_point(tmp_path: Path) -> None:
     # Prepare
-    data = _grid(axes={"lr": [0.1, -1.0]})
+    data = small_grid(axes={"lr": [0.1, -1.0]})
 
     # Execute / Assert
     with pytest.raises(ConfigError, match="point 'lr-1.0': lr: must be in"):
@@ -167,7 +132,7 @@ def test_an_invalid_point_is_a_config_error_naming_the_point(tmp_path: Path) -> 
 
 def test_failed_point_is_reported_and_the_sweep_goes_on(tmp_path: Path) -> None:
     # Prepare
-    sweep = parse_sweep(_grid(), tmp_path)
+    sweep = parse_sweep(small_grid(), tmp_path)
     runner, calls = fake_runner(fail={"seed0_fedfish-2pct"})
 
     # Execute
@@ -184,12 +149,12 @@ def test_failed_point_is_reported_and_the_sweep_goes_on(tmp_path: Path) -> None:
 
 def test_rerun_skips_done_points_and_redoes_failed_half_written_and_changed_ones(tmp_path: Path) -> None:
     # Prepare: a first sweep with one failure, then a crash left a point half-written.
-    sweep = parse_sweep(_grid(), tmp_path)
+    sweep = parse_sweep(small_grid(), tmp_path)
     run_sweep(sweep, fake_runner(fail={"seed0_fedfish-2pct"})[0], progress=False)
     half = tmp_path / "t" / "seed1_fedavg"
     (half / POINT_FILE).write_text(json.dumps({"status": "running"}))
     (half / "leftover.txt").write_text("from the crashed attempt")
-    changed = parse_sweep(_grid(base={"num-server-rounds": 2, "num-partitions": 2, "lr": 0.1}), tmp_path)
+    changed = parse_sweep(small_grid(base={"num-server-rounds": 2, "num-partitions": 2, "lr": 0.1}), tmp_path)
 
     # Execute
     statuses = [point_status(p) for p in sweep.points]
@@ -208,14 +173,14 @@ def test_rerun_skips_done_points_and_redoes_failed_half_written_and_changed_ones
 def test_a_point_stopped_after_a_checkpoint_continues_and_one_stopped_before_is_redone(tmp_path: Path) -> None:
     # Prepare: both seeds' fedavg points were killed mid-run ("running", this config); only
     # seed 0's server had checkpointed a round. A changed config makes seed 0 stale again.
-    sweep = parse_sweep(_grid(), tmp_path)
+    sweep = parse_sweep(small_grid(), tmp_path)
     for point in sweep.points[::2]:  # seed0_fedavg, seed1_fedavg
         point.run_dir.mkdir(parents=True)
         sweep_mod._mark(point, "running")
         (point.run_dir / "rounds.csv").write_text("round\n0\n1\n")
     cut = sweep.points[0].run_dir
     (cut / "checkpoint.pt").write_bytes(b"server state after round 1")
-    changed = parse_sweep(_grid(base={"num-server-rounds": 2, "num-partitions": 2, "lr": 0.1}), tmp_path)
+    changed = parse_sweep(small_grid(base={"num-server-rounds": 2, "num-partitions": 2, "lr": 0.1}), tmp_path)
     resumed: dict[str, bool] = {}
     runner, calls = fake_runner()
 
@@ -242,13 +207,13 @@ def test_a_point_stopped_after_a_checkpoint_continues_and_one_stopped_before_is_
 
 def test_point_recorded_before_a_key_existed_is_done_only_if_the_key_is_at_its_default(tmp_path: Path) -> None:
     # Prepare: a done point whose marker lacks one key (it ran before the key existed)
-    sweep = parse_sweep(_grid(axes={"seed": [0]}), tmp_path)
+    sweep = parse_sweep(small_grid(axes={"seed": [0]}), tmp_path)
     run_sweep(sweep, fake_runner()[0], progress=False)
     marker = sweep.points[0].run_dir / POINT_FILE
     info = json.loads(marker.read_text())
     del info["config"]["aggregator"]
     marker.write_text(json.dumps(info))
-    robust = parse_sweep(_grid(axes={"seed": [0]}, base={"num-server-rounds": 2, "num-partitions": 2,
+    robust = parse_sweep(small_grid(axes={"seed": [0]}, base={"num-server-rounds": 2, "num-partitions": 2,
                                                          "aggregator": "median"}), tmp_path)
 
     # Execute / Assert
@@ -258,12 +223,12 @@ def test_point_recorded_before_a_key_existed_is_done_only_if_the_key_is_at_its_d
 
 def test_keys_that_change_how_a_point_runs_but_not_its_results_keep_it_done(tmp_path: Path) -> None:
     # Prepare
-    sweep = parse_sweep(_grid(axes={"seed": [0]}), tmp_path)
+    sweep = parse_sweep(small_grid(axes={"seed": [0]}), tmp_path)
     run_sweep(sweep, fake_runner()[0], progress=False)
     base = {"num-server-rounds": 2, "num-partitions": 2}
-    patient = parse_sweep(_grid(axes={"seed": [0]}, base=base | {"round-timeout": 3600.0}), tmp_path)
-    moved = parse_sweep(_grid(axes={"seed": [0]}, base=base | {"client-state-dir": "elsewhere"}), tmp_path)
-    other_seed_data = parse_sweep(_grid(axes={"seed": [0]}, base=base | {"holdout-fraction": 0.05}), tmp_path)
+    patient = parse_sweep(small_grid(axes={"seed": [0]}, base=base | {"round-timeout": 3600.0}), tmp_path)
+    moved = parse_sweep(small_grid(axes={"seed": [0]}, base=base | {"client-state-dir": "elsewhere"}), tmp_path)
+    other_seed_data = parse_sweep(small_grid(axes={"seed": [0]}, base=base | {"holdout-fraction": 0.05}), tmp_path)
 
     # Execute / Assert
     assert [point_status(s.points[0]) for s in (patient, moved, other_seed_data)] == ["done", "done", "stale"]
@@ -272,7 +237,7 @@ def test_keys_that_change_how_a_point_runs_but_not_its_results_keep_it_done(tmp_
 def test_export_copies_the_evidence_of_finished_points_only(tmp_path: Path) -> None:
     # Prepare: one point failed, one still running, two done; the destination already holds
     # a point from an earlier export
-    sweep = parse_sweep(_grid(), tmp_path / "results")
+    sweep = parse_sweep(small_grid(), tmp_path / "results")
     run_sweep(sweep, fake_runner(fail={"seed0_fedfish-2pct"})[0], progress=False)
     running = sweep.points[2].run_dir  # seed1_fedavg
     (running / POINT_FILE).write_text(json.dumps({"status": "running"}))
@@ -297,10 +262,10 @@ def test_export_copies_the_evidence_of_finished_points_only(tmp_path: Path) -> N
 def test_imported_evidence_is_not_run_again_on_another_machine(tmp_path: Path) -> None:
     # Prepare: machine A finishes three points (one fails) and exports them; machine B has
     # a half-written folder of one of them
-    sweep_a = parse_sweep(_grid(), tmp_path / "a")
+    sweep_a = parse_sweep(small_grid(), tmp_path / "a")
     run_sweep(sweep_a, fake_runner(fail={"seed1_fedavg"})[0], progress=False)
     export_evidence(sweep_a.folder, tmp_path / "evidence" / "t")
-    sweep_b = parse_sweep(_grid(), tmp_path / "b")
+    sweep_b = parse_sweep(small_grid(), tmp_path / "b")
     (sweep_b.folder / "seed1_fedfish-2pct").mkdir(parents=True)
 
     # Execute
@@ -313,114 +278,9 @@ def test_imported_evidence_is_not_run_again_on_another_machine(tmp_path: Path) -
     assert report.skipped == imported and calls == ["seed1_fedavg", "seed1_fedfish-2pct"]
 
 
-def _fake_checkpoint(out: Path, bias: float = 0.25) -> dict[str, torch.Tensor]:
-    """A saved state_dict with the sidecar pretrain writes."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    weights = {"w": torch.tensor([[1.5, -2.0]]), "b": torch.tensor([bias]), "steps": torch.tensor(7)}
-    torch.save(weights, out)
-    (out.parent / f"{out.name}.json").write_text(json.dumps({"path": str(out), "test_accuracy": 0.8, "seed": 0}))
-    return weights
-
-
-def test_export_records_the_pretrained_checkpoint_by_a_digest_of_its_weights(tmp_path: Path) -> None:
-    # Prepare: a sweep whose fine-tuning checkpoint exists, with the metadata pretrain writes
-    out = tmp_path / "results" / "pretrained" / "net.pt"
-    sweep = parse_sweep(_grid(pretrain={"out": str(out), "epochs": 1}), tmp_path / "results")
-    _fake_checkpoint(out)
-    # The oracle: sha256 of the floating tensors' fp32 bytes in state_dict order
-    expected = hashlib.sha256(np.array([1.5, -2.0, 0.25], dtype=np.float32).tobytes()).hexdigest()[:16]
-
-    # Execute
-    record_file = sweep_mod.export_pretrain_record(sweep, tmp_path / "evidence")
-    record = json.loads(record_file.read_text())
-    _fake_checkpoint(out, bias=0.5)
-    with pytest.raises(CheckpointMismatchError, match=f"started from {expected}"):
-        sweep_mod.export_pretrain_record(sweep, tmp_path / "evidence")
-
-    # Assert: the committed record is not overwritten by another checkpoint's
-    assert record == {"path": "net.pt", "test_accuracy": 0.8, "seed": 0, "weights-digest": expected}
-    assert json.loads(record_file.read_text()) == record
-    assert sweep_mod.export_pretrain_record(parse_sweep(_grid(), tmp_path), tmp_path / "none") is None
-
-
-def test_a_sweep_refuses_to_go_on_from_another_checkpoint_than_its_points_started_from(tmp_path: Path) -> None:
-    # Prepare: a fine-tuning sweep that ran from one checkpoint, which is then replaced,
-    # and one of whose points must be redone
-    out = tmp_path / "results" / "pretrained" / "net.pt"
-    base = {"num-server-rounds": 2, "num-partitions": 2, "initial-model": str(out)}
-    sweep = parse_sweep(_grid(pretrain={"out": str(out)}, base=base), tmp_path / "results")
-    _fake_checkpoint(out)
-    runner, calls = fake_runner()
-    first = run_sweep(sweep, runner, progress=False).done
-    recorded = json.loads((sweep.folder / "pretrained.json").read_text())
-    _fake_checkpoint(out, bias=0.5)
-    shutil.rmtree(sweep.points[0].run_dir)
-
-    # Execute
-    with pytest.raises(CheckpointMismatchError, match="has weights digest .* but the points recorded in") as err:
-        run_sweep(sweep, runner, progress=False)
-
-    # Assert: nothing more ran, the record still names the first checkpoint, the error says what to do
-    assert calls == first and len(first) == 4
-    assert recorded["weights-digest"] in str(err.value) and "ATEN_CPU_CAPABILITY=avx2" in str(err.value)
-    assert json.loads((sweep.folder / "pretrained.json").read_text()) == recorded
-    _fake_checkpoint(out)
-    assert run_sweep(sweep, runner, progress=False).done == [sweep.points[0].name]
-
-
-def test_points_that_do_not_start_from_the_checkpoint_run_without_it(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    # Prepare: a sweep folder recording one checkpoint, another checkpoint on disk (as a
-    # machine with other CPU kernels pretrains), and points that start from the seeded model
-    out = tmp_path / "results" / "pretrained" / "net.pt"
-    sweep = parse_sweep(_grid(pretrain={"out": str(out)}), tmp_path / "results")
-    sweep.folder.mkdir(parents=True)
-    (sweep.folder / "pretrained.json").write_text(json.dumps({"path": "net.pt", "weights-digest": "0000000000000000"}))
-    monkeypatch.setattr(sweep_mod, "pretrain_pinned", lambda **_: pytest.fail("pretrained for no point"))
-
-    # Execute
-    report = run_sweep(sweep, fake_runner()[0], progress=False)
-    _fake_checkpoint(out)
-    report_with_other_checkpoint = run_sweep(sweep, fake_runner()[0], progress=False)
-
-    # Assert: every point ran once; neither the missing nor the other checkpoint stopped them
-    assert len(report.done) == 4 and report_with_other_checkpoint.skipped == report.done
-    assert json.loads((sweep.folder / "pretrained.json").read_text())["weights-digest"] == "0000000000000000"
-
-
-def test_import_brings_the_checkpoint_record_and_refuses_a_folder_recording_another(tmp_path: Path) -> None:
-    # Prepare: evidence exported from a sweep that ran from one checkpoint
-    out = tmp_path / "a" / "pretrained" / "net.pt"
-    sweep_a = parse_sweep(_grid(pretrain={"out": str(out)}, axes={"seed": [0]}), tmp_path / "a")
-    _fake_checkpoint(out)
-    run_sweep(sweep_a, fake_runner()[0], progress=False)
-    export_evidence(sweep_a.folder, tmp_path / "evidence")
-    sweep_mod.export_pretrain_record(sweep_a, tmp_path / "evidence")
-    other = tmp_path / "c" / "t"
-    other.mkdir(parents=True)
-    (other / "pretrained.json").write_text(json.dumps({"path": "net.pt", "weights-digest": "0000000000000000"}))
-
-    # Execute
-    imported = sweep_mod.import_evidence(tmp_path / "evidence", tmp_path / "b" / "t")
-    with pytest.raises(CheckpointMismatchError, match="0000000000000000"):
-        sweep_mod.import_evidence(tmp_path / "evidence", other)
-
-    # Assert
-    assert imported == ["seed0"]
-    assert (json.loads((tmp_path / "b" / "t" / "pretrained.json").read_text())
-            == json.loads((tmp_path / "evidence" / "pretrained.json").read_text()))
-    assert [p.name for p in other.iterdir()] == ["pretrained.json"]
-
-
-@pytest.mark.parametrize(("machine", "pinned"), [("x86_64", True), ("AMD64", True), ("arm64", False), ("aarch64", False)])
-def test_pretraining_pins_the_cpu_kernels_on_x86_only(machine: str, pinned: bool) -> None:
-    from simulations.pretrain import PINNED_X86_KERNELS, pinned_kernel_env
-
-    assert pinned_kernel_env(machine) == (PINNED_X86_KERNELS if pinned else {})
-
-
 def test_a_point_that_writes_too_few_rounds_fails(tmp_path: Path) -> None:
     # Prepare
-    sweep = parse_sweep(_grid(axes={"seed": [0]}), tmp_path)
+    sweep = parse_sweep(small_grid(axes={"seed": [0]}), tmp_path)
 
     def short(point: Point, on_line) -> None:  # noqa: ANN001
         pd.DataFrame({"round": [0]}).to_csv(point.run_dir / "rounds.csv", index=False)
@@ -436,7 +296,7 @@ def test_a_point_that_writes_too_few_rounds_fails(tmp_path: Path) -> None:
 def test_a_point_that_levelled_off_early_is_done_only_with_the_rows_it_names(tmp_path: Path) -> None:
     # Prepare: stop-patience on; one run says it stopped after round 1 and wrote 2 rows, one
     # says round 1 but wrote only round 0
-    sweep = parse_sweep(_grid(base={"num-server-rounds": 9, "stop-patience": 3}, axes={"seed": [0, 1]}), tmp_path)
+    sweep = parse_sweep(small_grid(base={"num-server-rounds": 9, "stop-patience": 3}, axes={"seed": [0, 1]}), tmp_path)
 
     def stopped(point: Point, on_line) -> None:  # noqa: ANN001
         rows = [0, 1] if point.name == "seed0" else [0]
@@ -465,7 +325,7 @@ def test_point_subprocess_streams_round_lines_logs_output_and_reports_exit_statu
     """))
     monkeypatch.setattr(point_process, "POINT_MODULE", "fake_point")
     monkeypatch.setenv("PYTHONPATH", str(module_dir))
-    point = parse_sweep(_grid(axes={"seed": [0]}, base={"density": 0.02}), tmp_path).points[0]
+    point = parse_sweep(small_grid(axes={"seed": [0]}, base={"density": 0.02}), tmp_path).points[0]
     lines: list[str] = []
 
     # Execute
@@ -525,121 +385,6 @@ def _rounds_written(run_dir: Path) -> int:
     if not (rounds.is_file() and checkpoint.is_file()):
         return 0
     return len(rounds.read_text().strip().splitlines()) - 1
-
-
-# ----------------------------------------------------------------------------- the fine-tuning scenario's data
-
-
-def test_holdout_is_left_out_of_every_partition_whatever_the_seed(tiny_fmnist_dir) -> None:  # noqa: ANN001
-    # Prepare
-    from fedfish.data import load_partition
-    from fedfish.partition import holdout_indices
-
-    root = tiny_fmnist_dir.root
-    images, _ = tiny_fmnist_dir.arrays["train"]
-    held = holdout_indices(100, 0.2)
-
-    # Execute
-    parts = {
-        seed: [load_partition("fashion-mnist", i, 4, "iid", seed=seed, root=root, holdout_fraction=0.2)[0]
-               for i in range(4)]
-        for seed in (0, 1)
-    }
-
-    # Assert
-    assert len(held) == 20 and list(held) == sorted(held)
-    assert list(held) == list(holdout_indices(100, 0.2))  # no seed involved: the same split for every run
-    # Recover which training images each partition got by matching pixels (the tiny images are random).
-    flat = images.reshape(100, -1).astype(np.float32)
-    for seed, tensors in parts.items():
-        got = []
-        for x in tensors:
-            raw = np.rint(x.numpy().reshape(len(x), -1) * 0.3530 * 255 + 0.2860 * 255)
-            got += [int(np.argmin(np.abs(flat - row).sum(axis=1))) for row in raw]
-        assert sorted(got) == sorted(set(range(100)) - set(held)), seed
-
-
-@pytest.mark.parametrize(
-    ("num_samples", "fraction", "match"),
-    [(100, 1.0, r"fraction must be in \[0, 1\)"), (100, -0.1, r"fraction must be in \[0, 1\)"),
-     (-1, 0.1, "num_samples must be >= 0")],
-)
-def test_invalid_holdout_is_refused(num_samples: int, fraction: float, match: str) -> None:
-    from fedfish.partition import holdout_indices
-
-    with pytest.raises(ValueError, match=match):
-        holdout_indices(num_samples, fraction)
-
-
-def test_pretrain_is_reproducible_and_trains_on_the_holdout_only(tiny_fmnist_dir, tmp_path: Path) -> None:  # noqa: ANN001
-    # Prepare
-    import torch
-
-    from simulations.pretrain import pretrain
-
-    kwargs = {"holdout_fraction": 0.3, "epochs": 1, "batch_size": 10, "data_root": str(tiny_fmnist_dir.root)}
-
-    # Execute
-    first = pretrain(tmp_path / "a.pt", **kwargs)
-    second = pretrain(tmp_path / "b.pt", **kwargs)
-    other_seed = pretrain(tmp_path / "c.pt", seed=1, **kwargs)
-
-    # Assert
-    a, b, c = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in "abc")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not torch.equal(a["fc2.weight"], c["fc2.weight"])
-    assert first.holdout_samples == 30 and 0.0 <= first.test_accuracy <= 1.0
-    assert first.test_accuracy == second.test_accuracy
-    sidecar = json.loads((tmp_path / "a.pt.json").read_text())
-    assert sidecar["holdout_fraction"] == 0.3 and sidecar["holdout_samples"] == 30
-    assert RunConfig(initial_model=str(tmp_path / "a.pt"), holdout_fraction=0.3).holdout_fraction == 0.3
-    assert other_seed.path.endswith("c.pt")
-
-
-def test_pretrain_pinned_trains_in_a_fresh_process_and_reports_its_failure(tiny_fmnist_dir, tmp_path: Path) -> None:  # noqa: ANN001
-    # Prepare
-    from simulations.pretrain import pretrain_pinned
-
-    kwargs = {"holdout_fraction": 0.3, "epochs": 1, "batch_size": 10, "data_root": str(tiny_fmnist_dir.root)}
-
-    # Execute
-    result = pretrain_pinned(tmp_path / "a.pt", **kwargs)
-    again = pretrain_pinned(tmp_path / "b.pt", **kwargs)
-
-    # Assert: the child got every argument and wrote the checkpoint; a failing child's error reaches the caller
-    assert result.holdout_samples == 30 and result.test_accuracy == again.test_accuracy
-    assert sweep_mod.checkpoint_record(tmp_path / "a.pt")["weights-digest"] == sweep_mod.checkpoint_record(
-        tmp_path / "b.pt")["weights-digest"]
-    with pytest.raises(RuntimeError, match=r"holdout_fraction must be in \(0, 0.9\]"):
-        pretrain_pinned(tmp_path / "c.pt", **{**kwargs, "holdout_fraction": 0.95})
-
-
-def test_pretrain_with_zero_epochs_saves_the_seeded_initial_model(tiny_fmnist_dir, tmp_path: Path) -> None:  # noqa: ANN001
-    # Prepare
-    import torch
-
-    from fedfish.models import build_model
-    from simulations.pretrain import pretrain
-
-    # Execute
-    pretrain(tmp_path / "init.pt", holdout_fraction=0.3, epochs=0, seed=4, data_root=str(tiny_fmnist_dir.root))
-
-    # Assert: exactly what a run with seed 4 builds as its initial model
-    torch.manual_seed(4)
-    expected = build_model("cnn").state_dict()
-    saved = torch.load(tmp_path / "init.pt", weights_only=True)
-    assert saved.keys() == expected.keys() and all(torch.equal(saved[k], expected[k]) for k in saved)
-    with pytest.raises(ValueError, match="epochs must be >= 0"):
-        pretrain(tmp_path / "x.pt", holdout_fraction=0.3, epochs=-1, data_root=str(tiny_fmnist_dir.root))
-
-
-@pytest.mark.parametrize(("fraction", "match"), [(0.0, r"holdout_fraction must be in \(0, 0.9\]"),
-                                                 (0.95, r"holdout_fraction must be in \(0, 0.9\]")])
-def test_pretrain_refuses_an_empty_or_oversized_holdout(fraction: float, match: str, tmp_path: Path) -> None:
-    from simulations.pretrain import pretrain
-
-    with pytest.raises(ValueError, match=match):
-        pretrain(tmp_path / "x.pt", holdout_fraction=fraction)
 
 
 def test_exported_evidence_is_not_ignored_by_git() -> None:
