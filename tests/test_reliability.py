@@ -1,7 +1,7 @@
-"""Reliability: failing clients, fuzzed replies, checkpoints, and run-to-run determinism.
+"""Reliability: failing clients, fuzzed replies and the checkpoint file.
 
-Fast, in-process tests (InProcessGrid, real ClientApp code); the real process kill and
-resume is in ``test_resume_e2e.py``.
+Fast, in-process tests (InProcessGrid, real ClientApp code); whole runs stopped and resumed
+are in ``test_resume.py`` (in process) and ``test_resume_e2e.py`` (a real process kill).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
@@ -25,52 +24,21 @@ from fedfish.layout import ParamLayout, flatten_params
 from fedfish.masks import Mask
 from fedfish.models import seeded_model
 from simulations.checkpoint import RoundOffset, ServerState, load_checkpoint, save_checkpoint
-from simulations.config import ConfigError, RunConfig
+from simulations.config import ConfigError
 from simulations.results import read_run
-from simulations.server_app import run_federation
 from strategies import records
 from strategies.fedavg import CountingFedAvg
 from strategies.fedfish import FedFish
 from strategies.replies import ReplyRules, check_array_replies, check_replies
 from simulations.inprocess import InProcessGrid, task_identity
-from tests.resume_checks import assert_resumed_equals_uninterrupted
-
-TINY = RunConfig(
-    num_partitions=3, samples_per_client=48, batch_size=16, lr=0.05, fisher_samples=16,
-    partitioner="dirichlet", alpha=0.5, eval_samples=200, seed=7, density=0.05, num_server_rounds=4,
-)
-
-
-class RecordingLoopback(InProcessGrid):
-    """InProcessGrid that keeps every (instruction, reply) pair."""
-
-    def __init__(self, num_nodes: int) -> None:
-        super().__init__(num_nodes)
-        self.pairs: list[tuple[Message, Message]] = []
-
-    def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201, D102
-        messages = list(messages)
-        replies = list(super().send_and_receive(messages, timeout=timeout))
-        self.pairs += list(zip(messages, replies, strict=True))
-        return replies
-
-
-def _federate(cfg: RunConfig, grid: InProcessGrid) -> Path:
-    with task_identity():
-        return run_federation(grid, cfg)
-
-
-def _flat(run_dir: Path) -> torch.Tensor:
-    state = torch.load(run_dir / "model.pt", weights_only=True)
-    return torch.cat([t.reshape(-1) for t in state.values()])
-
+from tests.inprocess_runs import TINY, RecordingLoopback, federate, final_params
 
 # ---------------------------------------------------------------- failing clients
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory: pytest.TempPathFactory):
     cfg = TINY.replace(fault_fail_fraction=0.3, results_dir=str(tmp_path_factory.mktemp("faulty")), run_name="f")
     grid = RecordingLoopback(cfg.num_partitions)
-    run_dir = _federate(cfg, grid)
+    run_dir = federate(cfg, grid)
     return cfg, grid, run_dir
 
 
@@ -112,7 +80,7 @@ def test_failed_replies_never_change_the_model(faulty_run) -> None:
     weights = [r.content[records.METRICS]["num-examples"] for _, r in ok]
     expected = start.numpy().astype(np.float64) + np.average(changes.astype(np.float64), axis=0, weights=weights)
     # Execute
-    final = _flat(run_dir)
+    final = final_params(run_dir)
     # Assert: masked entries moved by the ok replies' average alone; the rest is the initial model
     initial = flatten_params(seeded_model(cfg.model, cfg.seed))
     assert len(ok) >= 1
@@ -126,12 +94,12 @@ def test_round_with_too_few_replies_is_skipped_and_model_unchanged(tmp_path: Pat
     cfg = TINY.replace(fault_fail_fraction=1.0, num_server_rounds=2, results_dir=str(tmp_path), run_name="x",
                        min_replies=2)
     # Execute
-    run_dir = _federate(cfg, InProcessGrid(cfg.num_partitions))
+    run_dir = federate(cfg, InProcessGrid(cfg.num_partitions))
     # Assert
     _, rounds, _ = read_run(run_dir)
     assert rounds.loc[rounds["round"] > 0, "skipped"].all()
     assert (rounds.loc[rounds["round"] > 0, "clients_failed"] == 3).all()
-    assert torch.equal(_flat(run_dir), flatten_params(seeded_model(cfg.model, cfg.seed)))
+    assert torch.equal(final_params(run_dir), flatten_params(seeded_model(cfg.model, cfg.seed)))
 
 
 # ---------------------------------------------------------------- fuzzed replies
@@ -416,102 +384,3 @@ def test_resume_refuses_a_different_config() -> None:
 def test_round_offset_rejects_negative_offset() -> None:
     with pytest.raises(ValueError, match="offset"):
         RoundOffset(_strategy(), -1)
-
-
-@pytest.mark.parametrize("strategy", ["fedfish", "topk-ef"])
-def test_same_seed_same_results_and_resume_matches(tmp_path: Path, strategy: str) -> None:
-    # Prepare: two full runs whose node ids differ (loopback ids 1000+i vs. other, reversed
-    # ones), and a run stopped after round 2 then resumed with new nodes (fresh contexts,
-    # new ids): what they held survives only on disk. top-k carries error-feedback memories.
-    cfg = TINY.replace(strategy=strategy, results_dir=str(tmp_path), fault_fail_fraction=0.3, num_server_rounds=3)
-    # Execute
-    first = _federate(cfg.replace(run_name="a"), InProcessGrid(3))
-    second = _federate(cfg.replace(run_name="b"), _renumbered(InProcessGrid(3), offset=50))
-    _federate(cfg.replace(run_name="c", num_server_rounds=2), InProcessGrid(3))
-    resumed = _federate(cfg.replace(run_name="c", resume=True), _renumbered(InProcessGrid(3), offset=90))
-    # Assert: identical rounds.csv (but wall time) and bit-identical models
-    a, b = (pd.read_csv(d / "rounds.csv").drop(columns=["seconds"]) for d in (first, second))
-    pd.testing.assert_frame_equal(a, b)
-    assert torch.equal(_flat(first), _flat(second))
-    assert torch.equal(_flat(first), _flat(resumed))
-    # ... and the logs are equal but for the nodes' re-enrolment after the resume (new node ids)
-    assert_resumed_equals_uninterrupted(first, resumed, resume_round=3, num_nodes=3)
-
-
-def test_resume_after_a_round_the_server_never_checkpointed(tmp_path: Path) -> None:
-    # Prepare: the server dies after its round-3 messages went out (and were trained on and
-    # persisted by the clients) but before its round-3 checkpoint: replay that with the
-    # round-2 checkpoint put back after round 3.
-    cfg = TINY.replace(results_dir=str(tmp_path), num_server_rounds=3)
-    first = _federate(cfg.replace(run_name="a"), InProcessGrid(3))
-    stopped = _federate(cfg.replace(run_name="c", num_server_rounds=2), InProcessGrid(3))
-    round_2 = (stopped / "checkpoint.pt").read_bytes()
-    _federate(cfg.replace(run_name="c", resume=True), _renumbered(InProcessGrid(3), offset=70))
-    (stopped / "checkpoint.pt").write_bytes(round_2)
-    # Execute
-    resumed = _federate(cfg.replace(run_name="c", resume=True), _renumbered(InProcessGrid(3), offset=90))
-    # Assert: the clients, a version ahead of the checkpoint, are sent round 3's delta again
-    assert torch.equal(_flat(first), _flat(resumed))
-    assert_resumed_equals_uninterrupted(first, resumed, resume_round=3, num_nodes=3)
-
-
-def test_resume_without_client_state_on_disk_resyncs_from_version_0(tmp_path: Path) -> None:
-    # Prepare: the same stop-and-resume, but clients keep their state in memory only
-    cfg = TINY.replace(results_dir=str(tmp_path), num_server_rounds=3, client_state_dir="off")
-    # Execute
-    first = _federate(cfg.replace(run_name="a"), InProcessGrid(3))
-    _federate(cfg.replace(run_name="c", num_server_rounds=2), InProcessGrid(3))
-    resumed = _federate(cfg.replace(run_name="c", resume=True), _renumbered(InProcessGrid(3), offset=90))
-    # Assert: nothing on disk; each node enrols holding nothing, rebuilds version 0, and in
-    # round 3 gets the mask once more besides the values it needs anyway: never the dense
-    # model, no need-base round trip, and the model is still the uninterrupted one
-    assert not (tmp_path / "client-state").exists()
-    assert torch.equal(_flat(first), _flat(resumed))
-    a, c = (pd.read_csv(d / "rounds.csv").set_index("round") for d in (first, resumed))
-    mask_bytes = len((first / "mask.bin").read_bytes())
-    assert c.loc[3, "payload_bytes_down"] - a.loc[3, "payload_bytes_down"] == 3 * mask_bytes
-    assert c.loc[3, "one_time_bytes_down"] - a.loc[3, "one_time_bytes_down"] >= 3 * mask_bytes
-    assert c.loc[3, "clients_resynced"] == 0
-
-
-def test_fresh_run_of_the_same_name_never_builds_on_stale_client_state(tmp_path: Path) -> None:
-    # Prepare: run "x" leaves client state on disk; a new run "x" (no resume) gets a new token
-    cfg = TINY.replace(results_dir=str(tmp_path), run_name="x", num_server_rounds=2)
-    _federate(cfg, InProcessGrid(3))
-    stale = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "client-state" / "x").iterdir()}
-    # Execute
-    grid = RecordingLoopback(3)
-    _federate(cfg.replace(num_server_rounds=1), grid)
-    # Assert: every node enrolled holding nothing (the stale state has another run token), and
-    # was then sent nothing in calibration: it rebuilt version 0, not the stale model
-    enrolled = [r.content[records.ACK] for m, r in grid.pairs if m.metadata.message_type == "query.enrol"]
-    assert [(ack["model-version"], ack["mask-version"]) for ack in enrolled] == [(-1, -1)] * 3
-    first_sync: dict[int, str] = {}
-    for message in grid.delivered:
-        if message.metadata.message_type != "query.enrol":
-            first_sync.setdefault(message.metadata.dst_node_id, message.content[records.CONFIG]["sync"])
-    assert first_sync == {1000: "current", 1001: "current", 1002: "current"}
-    fresh = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "client-state" / "x").iterdir()}
-    assert fresh.keys() == stale.keys() and all(fresh[k] > stale[k] for k in stale)
-
-
-def test_fedavg_same_seed_same_model_whatever_the_node_ids(tmp_path: Path) -> None:
-    # Prepare: Flower's FedAvg sums replies in arrival order; ours hands it partition order
-    cfg = TINY.replace(strategy="fedavg", results_dir=str(tmp_path), num_server_rounds=2)
-    # Execute
-    first = _federate(cfg.replace(run_name="a"), InProcessGrid(3))
-    second = _federate(cfg.replace(run_name="b"), _renumbered(InProcessGrid(3), offset=50))
-    # Assert
-    a, b = (pd.read_csv(d / "rounds.csv").drop(columns=["seconds"]) for d in (first, second))
-    pd.testing.assert_frame_equal(a, b)
-    assert torch.equal(_flat(first), _flat(second))
-
-
-def _renumbered(grid: InProcessGrid, offset: int) -> InProcessGrid:
-    """The same partitions behind other node ids, in reverse order."""
-    contexts = list(grid.contexts.values())
-    grid.contexts = {}
-    for i, context in enumerate(reversed(contexts)):
-        context.node_id = 5000 - offset - i
-        grid.contexts[context.node_id] = context
-    return grid

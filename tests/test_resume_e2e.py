@@ -8,7 +8,7 @@ in every message (clients file their on-disk state under it).
 
 No failure drill here: Ray puts the worker's traceback, process ids included, in an
 error reply, so error replies differ by a few bytes between any two runs. Failures with
-a resume are compared byte for byte in ``tests/test_reliability.py`` (in-process Grid).
+a resume are compared byte for byte in ``tests/test_resume.py`` (in-process Grid).
 """
 
 from __future__ import annotations
