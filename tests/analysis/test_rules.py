@@ -1,99 +1,20 @@
-"""The results loader, the savings rules and the mask analysis, on results folders written by
-hand in the exact format; the expected numbers are worked out by hand in the comments."""
+"""The results loader, the savings rules, the mask analysis and the figures' lines, on results
+folders written by hand (runs.py); the expected numbers are worked out by hand in the comments."""
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from bench.savings import BLOCK_BEGIN, BLOCK_END, SECOND_ARCHITECTURE, SWEEP, status_line
-from bench.savings import main as savings_main
 from simulations import analysis as an
 from simulations import mask_analysis as ma
 from simulations import plots
 from simulations import savings as sv
-from simulations.config import RunConfig
-from simulations.results import CLIENT_COLUMNS, ROUND_COLUMNS
-from simulations.sweep_file import load_sweep
-
-
-def write_run(
-    folder: Path,
-    name: str,
-    accuracy: list[float],
-    cumulative: list[int],
-    *,
-    axes: dict[str, str] | None = None,
-    tags: dict[str, str] | None = None,
-    status: str = "done",
-    one_time: int = 0,
-    with_log: bool = True,
-    **config: object,
-) -> Path:
-    """A run folder as the server writes it; a sweep point if ``axes`` is given.
-
-    ``cumulative`` are cumulative bytes per round (round 0 first), split 1/4 up, 3/4 down;
-    the first ``one_time`` of them are one-time bytes. Without ``with_log``, no clients.csv
-    (committed evidence).
-    """
-    run_dir = folder / name
-    run_dir.mkdir(parents=True)
-    cfg = RunConfig(run_name=name, **config)  # type: ignore[arg-type]
-    (run_dir / "config.json").write_text(json.dumps({"config": cfg.to_mapping(), "num_params": 100, "seed": cfg.seed}))
-    rows = pd.DataFrame(0, index=range(len(accuracy)), columns=list(ROUND_COLUMNS))
-    rows["round"] = range(len(accuracy))
-    rows["phase"] = ["initial"] + ["train"] * (len(accuracy) - 1)
-    rows["accuracy"] = accuracy
-    rows["cumulative_bytes"] = cumulative
-    rows["cumulative_bytes_up"] = [c // 4 for c in cumulative]
-    rows["cumulative_bytes_down"] = [c - c // 4 for c in cumulative]
-    rows["bytes_total"] = np.diff([0, *cumulative])
-    rows["cumulative_one_time_bytes"] = [min(c, one_time) for c in cumulative]
-    rows.to_csv(run_dir / "rounds.csv", index=False)
-    if with_log:
-        pd.DataFrame(columns=list(CLIENT_COLUMNS)).to_csv(run_dir / "clients.csv", index=False)
-    if axes is not None:
-        (run_dir / an.POINT_FILE).write_text(json.dumps({"status": status, "axes": axes, "tags": tags or {}}))
-    return run_dir
-
-
-FEDAVG = [[0.2, 0.5, 0.7, 0.8, 0.85, 0.9, 0.9, 0.9], [0.2, 0.4, 0.6, 0.8, 0.88, 0.88, 0.9, 0.92]]
-FEDFISH = [[0.2, 0.6, 0.8, 0.87, 0.88, 0.88, 0.89, 0.89], [0.2, 0.6, 0.85, 0.88, 0.9, 0.9, 0.9, 0.9]]
-
-
-@pytest.fixture
-def sweep_folder(tmp_path: Path) -> Path:
-    """Two seeds of FedAvg (100 bytes a round), FedFish 2% (10 a round, 5 of them one-time in
-    round 1) and a random mask that never gets there, as sweep points of 7 rounds."""
-    folder = tmp_path / "sweep"
-    curves = {
-        "fedavg": (FEDAVG, [100 * r for r in range(8)], 0),
-        "fedfish 2%": (FEDFISH, [10 * r for r in range(8)], 5),
-        "random-fixed 2%": ([[0.2, 0.3, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5]] * 2, [10 * r for r in range(8)], 5),
-    }
-    strategy = {"fedavg": "fedavg", "fedfish 2%": "fedfish", "random-fixed 2%": "random-fixed"}
-    for label, (accuracies, cumulative, one_time) in curves.items():
-        for seed in (0, 1):
-            point = f"seed{seed}_finetune_{label.split()[0]}"
-            axes = {"seed": f"seed{seed}", "scenario": "finetune", "method": label}
-            write_run(folder, point, accuracies[seed], cumulative, axes=axes, tags={"scenario": "finetune"},
-                      strategy=strategy[label], density=0.02, seed=seed, one_time=one_time)
-    return folder
-
-
-@pytest.fixture
-def evidence(sweep_folder: Path, tmp_path: Path) -> Path:
-    """The hand-made sweep as committed evidence of the crossdevice sweep (``--evidence``)."""
-    folder = tmp_path / "evidence"
-    folder.mkdir()
-    sweep_folder.rename(folder / "crossdevice")
-    return folder
+from tests.analysis.runs import FEDAVG, FEDFISH, write_run
 
 
 def test_load_results_adds_sweep_columns_and_skips_unfinished_points(sweep_folder: Path) -> None:
@@ -111,7 +32,6 @@ def test_load_results_adds_sweep_columns_and_skips_unfinished_points(sweep_folde
     assert set(configs.columns) >= {"run", "label", "setting", "num_params", "density", "initial-model"}
     assert list(clients.columns[:2]) == ["run", "strategy"]
 
-
 def test_committed_evidence_without_a_message_log_loads(tmp_path: Path) -> None:
     # Prepare: config.json and rounds.csv only, as docs/results keeps them
     write_run(tmp_path, "a", [0.1, 0.5], [0, 10], strategy="fedavg", with_log=False)
@@ -124,7 +44,6 @@ def test_committed_evidence_without_a_message_log_loads(tmp_path: Path) -> None:
     assert rounds.groupby("run")["label"].first().to_dict() == {"a": "fedavg", "b": "topk-ef 0.5%"}
     assert set(rounds["setting"]) == {"a", "b"} and clients.empty
 
-
 def test_the_rules_on_one_run() -> None:
     # Prepare: 3-round means from round 2 on: 0.4667, 0.6667, 0.7833, 0.85, 0.8833, 0.9
     run = pd.DataFrame({"round": range(8), "accuracy": FEDAVG[0], "cumulative_bytes": [100 * r for r in range(8)]})
@@ -136,7 +55,6 @@ def test_the_rules_on_one_run() -> None:
     assert math.isnan(sv.bytes_to_target(run, 0.95))
     assert sv.accuracy_at_budget(run, 450) == pytest.approx(0.7833333)  # round 4 is the last within 450
     assert math.isnan(sv.accuracy_at_budget(run, 150))  # no 3 rounds yet
-
 
 def test_savings_table_matches_hand_computed_numbers(sweep_folder: Path) -> None:
     # Prepare
@@ -163,7 +81,6 @@ def test_savings_table_matches_hand_computed_numbers(sweep_folder: Path) -> None
     assert fedfish["acc_at_10pct"] == pytest.approx(((0.88 + 0.89 + 0.89) / 3 + 0.9) / 2)
     assert fedavg["acc_at_10pct"] != fedavg["acc_at_10pct"]  # NaN: 70 bytes is round 0 for FedAvg
 
-
 def test_savings_are_nan_unless_every_seed_reached_the_target(sweep_folder: Path) -> None:
     # Prepare: FedFish seed 1 stops at round 3, below the target
     rounds, _, _ = an.load_results(sweep_folder)
@@ -174,7 +91,6 @@ def test_savings_are_nan_unless_every_seed_reached_the_target(sweep_folder: Path
 
     # Assert: reached in 1 of 2 seeds: no headline savings, the seed that did is still shown
     assert row["reached"] == 1 and math.isnan(row["savings"]) and row["savings_max"] == pytest.approx(12.0)
-
 
 def test_best_of_picks_the_best_fedfish_and_keeps_misses_visible(sweep_folder: Path) -> None:
     # Prepare
@@ -189,7 +105,6 @@ def test_best_of_picks_the_best_fedfish_and_keeps_misses_visible(sweep_folder: P
     assert best.loc["finetune", "label"] == "fedfish 2%" and best.loc["finetune", "savings"] == pytest.approx(13.5)
     assert math.isnan(missing.loc["finetune", "savings"])
 
-
 def test_best_of_a_strategy_not_run_yet_is_an_empty_table(sweep_folder: Path) -> None:
     # Prepare: only FedAvg has finished (the first point of a sweep)
     rounds, _, _ = an.load_results(sweep_folder)
@@ -200,7 +115,6 @@ def test_best_of_a_strategy_not_run_yet_is_an_empty_table(sweep_folder: Path) ->
 
     # Assert: no rows, and the group is looked up, not a KeyError
     assert best.empty and "finetune" not in best.index
-
 
 def test_ratio_of_bytes_between_two_methods(sweep_folder: Path) -> None:
     # Prepare
@@ -213,7 +127,6 @@ def test_ratio_of_bytes_between_two_methods(sweep_folder: Path) -> None:
     assert sv.ratio_of_bytes(table, "fedfish 2%", "random-fixed 2%")["finetune"] == 0.0
     assert math.isnan(sv.ratio_of_bytes(table, "random-fixed 2%", "random-fixed 2%")["finetune"])
     assert sv.ratio_of_bytes(table, "nothing", "fedfish 2%").empty
-
 
 def test_phase_bytes_and_one_time_bytes_sum_the_message_log() -> None:
     # Prepare
@@ -234,7 +147,6 @@ def test_phase_bytes_and_one_time_bytes_sum_the_message_log() -> None:
     assert phases.loc[("r", "train"), "total"] == 80 and phases.loc[("s", "train"), "down"] == 0
     assert once.to_dict() == {"r": 1560, "s": 0}
 
-
 def test_fisher_vs_random_compares_at_the_smaller_byte_budget(tmp_path: Path) -> None:
     # Prepare: the random mask's run is shorter (50 bytes); FedFish's 3-round mean at round 5
     # (50 bytes) is (0.7 + 0.75 + 0.8) / 3, the random mask's at its round 5 (0.4 + 0.5 + 0.5) / 3
@@ -254,7 +166,6 @@ def test_fisher_vs_random_compares_at_the_smaller_byte_budget(tmp_path: Path) ->
     assert row["mb_budget"] == pytest.approx(50 / 1e6)
     assert row["fisher_accuracy"] == pytest.approx(0.75) and row["random_accuracy"] == pytest.approx(1.4 / 3)
 
-
 def test_mask_overlap_is_jaccard() -> None:
     # Prepare
     a = np.array([1, 1, 0, 0], dtype=bool)
@@ -265,7 +176,6 @@ def test_mask_overlap_is_jaccard() -> None:
 
     # Assert
     assert overlap.to_numpy().tolist() == [[1.0, 1 / 3, 1.0], [1 / 3, 1.0, 1 / 3], [1.0, 1 / 3, 1.0]]
-
 
 @pytest.mark.parametrize(
     ("call", "match"),
@@ -283,144 +193,9 @@ def test_invalid_arguments_are_refused(call, match: str, sweep_folder: Path) -> 
     with pytest.raises(ValueError, match=match):
         call(rounds)
 
-
 def test_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no finished run folders"):
         an.load_results(tmp_path)
-
-
-def test_bench_savings_reads_committed_evidence_and_ends_with_the_result_line(
-    evidence: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # Execute
-    savings_main(["--no-run", "--evidence", str(evidence)])
-
-    # Assert: FedFish 2% saves 13.5x at alpha 0.5 (goal 50: missed, and said so); nothing ran
-    # at alpha 0.1 or from scratch; the random mask never reached the target
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1] == ("RESULT savings_finetune_alpha0.5=13.5 savings_finetune_alpha0.1=nan "
-                         "savings_scratch_alpha0.5=nan fish_vs_random_finetune=inf")
-    verdict = next(line for line in lines if line.startswith("savings_finetune_alpha0.5:"))
-    assert "fedfish 2%: 13.5x" in verdict and verdict.endswith("goal >= 50: missed")
-
-
-def test_bench_savings_says_plainly_when_no_fedfish_setting_reached_the_target(
-    evidence: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # Prepare: FedFish seed 1 stops at round 2, below the target
-    short = evidence / "crossdevice" / "seed1_finetune_fedfish" / "rounds.csv"
-    pd.read_csv(short).head(3).to_csv(short, index=False)
-
-    # Execute
-    savings_main(["--no-run", "--evidence", str(evidence)])
-
-    # Assert: no savings figure, and the line names the closest setting and where it ended
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1].startswith("RESULT savings_finetune_alpha0.5=nan ")
-    verdict = next(line for line in lines if line.startswith("savings_finetune_alpha0.5:"))
-    assert "fedfish 2% (the closest FedFish setting): target " in verdict and "not reached, final " in verdict
-    assert "nan" not in verdict and verdict.endswith("goal >= 50: missed: reached in 1 of 2 seeds")
-
-
-def test_bench_savings_markdown_tables_show_each_method_with_its_savings(
-    evidence: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # Execute
-    savings_main(["--no-run", "--evidence", str(evidence), "--markdown"])
-
-    # Assert: one table for the one group, a row per method, FedAvg at 1x and FedFish 2% at 13.5x
-    lines = capsys.readouterr().out.splitlines()
-    assert sum(line.startswith("**finetune, alpha 0.5** (target ") for line in lines) == 1
-    rows = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| ") and "---" not in line}
-    assert "| 1.0x |" in rows["fedavg"]
-    assert "| 13.5x" in rows["fedfish 2%"]
-    assert "| - |" in rows["random-fixed 2%"]
-
-
-def test_update_docs_rewrites_only_the_marked_block_and_is_idempotent(
-    evidence: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # Prepare: a page with prose around an outdated block
-    page = tmp_path / "results.md"
-    page.write_text(f"intro\n\n{BLOCK_BEGIN}\nold numbers\n{BLOCK_END}\n\nprose after\n")
-
-    # Execute
-    savings_main(["--no-run", "--evidence", str(evidence), "--update-docs", str(page)])
-    first = page.read_text()
-    result = capsys.readouterr().out.strip().splitlines()[-1]
-    savings_main(["--no-run", "--evidence", str(evidence), "--update-docs", str(page)])
-
-    # Assert: the prose stays, the old numbers are gone, the block holds the printed RESULT line
-    # and the tables, and a second run changes nothing
-    assert first.startswith(f"intro\n\n{BLOCK_BEGIN}\n**Finished and committed: `crossdevice` 0 of 132 points")
-    assert first.endswith(f"{BLOCK_END}\n\nprose after\n") and "old numbers" not in first
-    assert "```text\n" in first and f"\n{result}\n```\n" in first
-    assert "| fedfish 2% | 2 |" in first and "| 13.5x" in first
-    assert page.read_text() == first
-
-
-def test_update_docs_refuses_a_page_without_its_markers(evidence: Path, tmp_path: Path) -> None:
-    # Prepare: one page without markers, one with the end marker first
-    pages = {tmp_path / "none.md": "no block here\n",
-             tmp_path / "reversed.md": f"{BLOCK_END}\nx\n{BLOCK_BEGIN}\n"}
-    for page, text in pages.items():
-        page.write_text(text)
-
-    # Execute / Assert: a clear error naming the page, and the page untouched
-    for page, text in pages.items():
-        with pytest.raises(ValueError, match=f"{page.name}: needs one '<!-- savings:begin -->' line"):
-            savings_main(["--no-run", "--evidence", str(evidence), "--update-docs", str(page)])
-        assert page.read_text() == text
-
-
-def test_status_line_counts_the_committed_points_of_each_group(tmp_path: Path) -> None:
-    # Prepare: two finished points and one still running, as committed evidence
-    sweeps = [load_sweep(SWEEP, tmp_path), load_sweep(SECOND_ARCHITECTURE, tmp_path)]
-    for name, status in [("alpha0.1_finetune_seed0_fedavg", "done"), ("alpha0.5_scratch_seed2_fedavg", "done"),
-                         ("alpha0.1_finetune_seed1_fedavg", "running")]:
-        (tmp_path / "crossdevice" / name).mkdir(parents=True)
-        (tmp_path / "crossdevice" / name / an.POINT_FILE).write_text(json.dumps({"status": status}))
-
-    # Execute
-    line = status_line(sweeps, tmp_path)
-
-    # Assert: counted per (scenario, alpha) group of 33, the running point not counted
-    assert line == ("**Finished and committed: `crossdevice` 2 of 132 points (finetune, alpha 0.5: 0 of 33; "
-                    "scratch, alpha 0.5: 1 of 33; finetune, alpha 0.1: 1 of 33; scratch, alpha 0.1: 0 of 33), "
-                    "`crossdevice_resnet` 0 of 6 points (finetune, alpha 0.5: 0 of 6).**")
-
-
-def test_second_architecture_gets_its_table_and_verdict_line(
-    evidence: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # Prepare: the same hand-made runs as the second architecture's evidence
-    shutil.copytree(evidence / "crossdevice", evidence / "crossdevice_resnet")
-
-    # Execute
-    savings_main(["--no-run", "--evidence", str(evidence), "--markdown"])
-
-    # Assert: its own table and a verdict line, and RESULT keeps its four figures
-    out = capsys.readouterr().out
-    assert "Second architecture, `small-resnet` (`simulations/sweeps/crossdevice_resnet.toml`):" in out
-    verdict = next(line for line in out.splitlines() if line.startswith("second_architecture: "))
-    assert verdict.startswith("second_architecture: small-resnet, finetune alpha 0.5: fedfish 2%: 13.5x")
-    assert out.strip().splitlines()[-1].count("=") == 4
-
-
-def test_committed_docs_show_what_the_committed_evidence_says(tmp_path: Path) -> None:
-    # Prepare: copies of the two pages that carry the generated block
-    root = Path(__file__).resolve().parents[1]
-    pages = [tmp_path / "README.md", tmp_path / "results.md"]
-    for page, source in zip(pages, [root / "README.md", root / "docs" / "results.md"], strict=True):
-        shutil.copy(source, page)
-
-    # Execute: regenerate them from docs/results/
-    savings_main(["--no-run", "--evidence", str(root / "docs" / "results"), "--update-docs", *map(str, pages)])
-
-    # Assert: nothing changed (else run: python -m bench.savings --no-run --update-docs README.md docs/results.md)
-    assert pages[0].read_text() == (root / "README.md").read_text()
-    assert pages[1].read_text() == (root / "docs" / "results.md").read_text()
-
 
 def test_best_of_ranks_a_setting_with_fewer_seeds_below_a_complete_one(sweep_folder: Path) -> None:
     # Prepare: a FedFish 0.5% that saves far more (1 byte a round), but in seed 0 only
@@ -436,7 +211,6 @@ def test_best_of_ranks_a_setting_with_fewer_seeds_below_a_complete_one(sweep_fol
 
     # Assert: the two-seed setting is the headline
     assert best.loc["finetune", "label"] == "fedfish 2%"
-
 
 @pytest.mark.parametrize("draw", [plots.plot_accuracy_vs_bytes, plots.plot_accuracy_vs_round,
                                   plots.plot_bytes_per_round])
