@@ -38,8 +38,9 @@ import pandas as pd
 from simulations.analysis import load_results
 from simulations.run import parse_overrides
 from simulations.savings import best_of, ratio_of_bytes, savings_table
-from simulations.sweep import done_markers, export_evidence, load_sweep, run_sweep
-from simulations.sweep_file import Sweep
+from simulations.sweep import run_sweep
+from simulations.sweep_evidence import done_markers, export_evidence
+from simulations.sweep_file import Sweep, load_sweep
 
 SWEEP = "simulations/sweeps/crossdevice.toml"
 SECOND_ARCHITECTURE = "simulations/sweeps/crossdevice_resnet.toml"

@@ -15,7 +15,8 @@ import torch
 from simulations import sweep as sweep_mod
 from simulations.config import RunConfig
 from simulations.pretrain import CheckpointMismatchError
-from simulations.sweep import export_evidence, run_sweep
+from simulations.sweep import run_sweep
+from simulations.sweep_evidence import export_evidence, export_pretrain_record, import_evidence
 from simulations.sweep_file import parse_sweep
 from tests.sweep_fakes import fake_runner, small_grid
 
@@ -40,16 +41,16 @@ def test_export_records_the_pretrained_checkpoint_by_a_digest_of_its_weights(tmp
     expected = hashlib.sha256(np.array([1.5, -2.0, 0.25], dtype=np.float32).tobytes()).hexdigest()[:16]
 
     # Execute
-    record_file = sweep_mod.export_pretrain_record(sweep, tmp_path / "evidence")
+    record_file = export_pretrain_record(sweep, tmp_path / "evidence")
     record = json.loads(record_file.read_text())
     _fake_checkpoint(out, bias=0.5)
     with pytest.raises(CheckpointMismatchError, match=f"started from {expected}"):
-        sweep_mod.export_pretrain_record(sweep, tmp_path / "evidence")
+        export_pretrain_record(sweep, tmp_path / "evidence")
 
     # Assert: the committed record is not overwritten by another checkpoint's
     assert record == {"path": "net.pt", "test_accuracy": 0.8, "seed": 0, "weights-digest": expected}
     assert json.loads(record_file.read_text()) == record
-    assert sweep_mod.export_pretrain_record(parse_sweep(small_grid(), tmp_path), tmp_path / "none") is None
+    assert export_pretrain_record(parse_sweep(small_grid(), tmp_path), tmp_path / "none") is None
 
 
 def test_a_sweep_refuses_to_go_on_from_another_checkpoint_than_its_points_started_from(tmp_path: Path) -> None:
@@ -103,15 +104,15 @@ def test_import_brings_the_checkpoint_record_and_refuses_a_folder_recording_anot
     _fake_checkpoint(out)
     run_sweep(sweep_a, fake_runner()[0], progress=False)
     export_evidence(sweep_a.folder, tmp_path / "evidence")
-    sweep_mod.export_pretrain_record(sweep_a, tmp_path / "evidence")
+    export_pretrain_record(sweep_a, tmp_path / "evidence")
     other = tmp_path / "c" / "t"
     other.mkdir(parents=True)
     (other / "pretrained.json").write_text(json.dumps({"path": "net.pt", "weights-digest": "0000000000000000"}))
 
     # Execute
-    imported = sweep_mod.import_evidence(tmp_path / "evidence", tmp_path / "b" / "t")
+    imported = import_evidence(tmp_path / "evidence", tmp_path / "b" / "t")
     with pytest.raises(CheckpointMismatchError, match="0000000000000000"):
-        sweep_mod.import_evidence(tmp_path / "evidence", other)
+        import_evidence(tmp_path / "evidence", other)
 
     # Assert
     assert imported == ["seed0"]

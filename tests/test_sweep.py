@@ -21,7 +21,8 @@ from simulations import sweep as sweep_mod
 from simulations.analysis import POINT_FILE, run_dirs
 from simulations.config import ConfigError
 from simulations.run import usable_cpus
-from simulations.sweep import export_evidence, point_status, run_sweep
+from simulations.sweep import point_status, run_sweep
+from simulations.sweep_evidence import export_evidence, import_evidence
 from simulations.sweep_file import Point, load_sweep, parse_sweep
 from tests.sweep_fakes import fake_runner, small_grid
 
@@ -269,7 +270,7 @@ def test_imported_evidence_is_not_run_again_on_another_machine(tmp_path: Path) -
     (sweep_b.folder / "seed1_fedfish-2pct").mkdir(parents=True)
 
     # Execute
-    imported = sweep_mod.import_evidence(tmp_path / "evidence" / "t", sweep_b.folder)
+    imported = import_evidence(tmp_path / "evidence" / "t", sweep_b.folder)
     runner, calls = fake_runner()
     report = run_sweep(sweep_b, runner, progress=False)
 
