@@ -64,9 +64,9 @@ def import_evidence(source: str | Path, folder: str | Path) -> list[str]:
 
     Only points whose ``sweep-point.json`` says ``done`` are copied, and never over a folder
     the sweep already has; whether each still counts as done is decided, as for any point,
-    by :func:`point_status` (same config) when the sweep runs. The source's record of the
-    pretrained checkpoint comes too, so the sweep refuses to add fine-tuning points that start
-    from another one.
+    by :func:`simulations.sweep.point_status` (same config) when the sweep runs. The source's
+    record of the pretrained checkpoint comes too, so the sweep refuses to add fine-tuning
+    points that start from another one.
 
     Returns
     -------
