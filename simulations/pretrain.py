@@ -4,8 +4,9 @@ The public split is ``fedfish.partition.holdout_indices(N, holdout_fraction)`` o
 set; runs with the same ``holdout-fraction`` leave it out of every client's partition, so
 no client holds a sample the checkpoint saw. Training is seeded (model init, shuffling,
 single-threaded torch), so the same arguments give the same checkpoint bit for bit on the
-same CPU kernels; :func:`pretrain_pinned` (what sweeps use) also pins those kernels, so that
-x86-64 machines of different generations agree::
+same CPU kernels; :func:`pretrain_pinned` (what sweeps use) also pins those kernels and, where
+Linux can trap CPUID, shows the libraries one CPU identity (``simulations.cpu_identity``), so that
+x86-64 machines of different generations and vendors agree::
 
     python -m simulations.pretrain --holdout-fraction 0.1 --epochs 2 --out results/pretrained/cnn-fmnist.pt
 
@@ -23,6 +24,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from fedfish.datasource import data_info, load_split
 from fedfish.layout import params_digest
 from fedfish.models import seeded_model
 from fedfish.training import TrainConfig, evaluate, masked_train
+from simulations import cpu_identity
 from simulations.results import save_state_dict, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +48,11 @@ RECORD_FILE = "pretrained.json"
 # seed, same code, measured). Pinning all three to AVX2, which every x86-64 CPU since 2013
 # has, reproduced the AVX2 machine's weights bit for bit on the AVX-512 one; no single pin did.
 PINNED_X86_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+# The pins do not make an Intel CPU agree with an AMD one: MKL and oneDNN also choose by vendor
+# and model. Pinned, an Intel Sapphire Rapids CPU gives f6616c924e69a503 (0.7953) where the
+# crossdevice checkpoint is 8cdd3e82dab27a23 (0.8027), and gives 8cdd3e82dab27a23 when CPUID
+# answers as this AMD EPYC (measured): the identity sweeps pretrain under where they can.
+PRETRAIN_CPU_IDENTITY = "amd-epyc-rome"
 
 
 class CheckpointMismatchError(ValueError):
@@ -157,7 +165,8 @@ def pinned_kernel_env(machine: str | None = None) -> dict[str, str]:
 
 def pretrain_pinned(out: str | Path, **kwargs: Any) -> PretrainResult:
     """:func:`pretrain` in a fresh interpreter with :func:`pinned_kernel_env` (the kernels are
-    chosen when torch loads, so the pins cannot be set from inside this process).
+    chosen when torch loads, so the pins cannot be set from inside this process) and, where
+    ``simulations.cpu_identity`` can give it one, :data:`PRETRAIN_CPU_IDENTITY`'s CPUID.
 
     Parameters
     ----------
@@ -178,8 +187,11 @@ def pretrain_pinned(out: str | Path, **kwargs: Any) -> PretrainResult:
     env = dict(os.environ) | pinned_kernel_env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
     arguments = json.dumps({"out": str(out), **kwargs})
-    process = subprocess.run([sys.executable, "-m", "simulations.pretrain", "--kwargs", arguments],
-                             capture_output=True, text=True, env=env, check=False)
+    with tempfile.TemporaryDirectory(prefix="fedfish-cpuid-") as folder:
+        if cpu_identity.unavailable_reason() is None:
+            env = cpu_identity.identity_env(PRETRAIN_CPU_IDENTITY, folder, env)
+        process = subprocess.run([sys.executable, "-m", "simulations.pretrain", "--kwargs", arguments],
+                                 capture_output=True, text=True, env=env, check=False)
     if process.returncode != 0:
         tail = "\n".join((process.stdout + process.stderr).strip().splitlines()[-10:])
         raise RuntimeError(f"pretraining {out} failed (exit status {process.returncode}):\n{tail}")
@@ -212,11 +224,14 @@ def check_record(expected: dict[str, Any], actual: dict[str, Any], where: str) -
     """
     want, got = expected.get("weights-digest"), actual.get("weights-digest")
     if want != got:
+        reason = cpu_identity.unavailable_reason()
+        unavailable = f" (not here: {reason})" if reason else ""
         raise CheckpointMismatchError(
             f"checkpoint {actual.get('path')} has weights digest {got} (test accuracy {actual.get('test_accuracy')}), "
             f"but the points recorded in {where} started from {want} (test accuracy {expected.get('test_accuracy')}). "
             "Pretraining is bit-reproducible only on the same CPU kernels; sweeps pin them on x86-64 "
-            f"({' '.join(f'{k}={v}' for k, v in PINNED_X86_KERNELS.items())}), other CPUs differ. Put the "
+            f"({' '.join(f'{k}={v}' for k, v in PINNED_X86_KERNELS.items())}) and show them the CPU identity "
+            f"{PRETRAIN_CPU_IDENTITY} where Linux can trap CPUID{unavailable}; other CPUs differ. Put the "
             "original checkpoint back, or run the sweep into a new results folder.")
 
 

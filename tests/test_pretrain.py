@@ -12,13 +12,17 @@ import numpy as np
 import pytest
 import torch
 
+from fedfish.dataset_files import SYSTEM_FASHION_MNIST_DIR
+from simulations import cpu_identity
 from simulations import sweep as sweep_mod
 from simulations.config import RunConfig
 from simulations.pretrain import CheckpointMismatchError
 from simulations.sweep import run_sweep
 from simulations.sweep_evidence import export_evidence, export_pretrain_record, import_evidence
-from simulations.sweep_file import parse_sweep
+from simulations.sweep_file import load_sweep, parse_sweep
 from tests.sweep_fakes import fake_runner, small_grid
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------- the checkpoint's record
 
@@ -213,6 +217,21 @@ def test_pretrain_pinned_trains_in_a_fresh_process_and_reports_its_failure(tiny_
         tmp_path / "b.pt")["weights-digest"]
     with pytest.raises(RuntimeError, match=r"holdout_fraction must be in \(0, 0.9\]"):
         pretrain_pinned(tmp_path / "c.pt", **{**kwargs, "holdout_fraction": 0.95})
+
+
+@pytest.mark.skipif(not SYSTEM_FASHION_MNIST_DIR.is_dir(), reason="Debian dataset-fashion-mnist not installed")
+@pytest.mark.skipif(cpu_identity.unavailable_reason() is not None,
+                    reason=f"cannot present a CPU identity: {cpu_identity.unavailable_reason()}")
+def test_the_sweeps_pretraining_reproduces_the_committed_checkpoint_on_this_cpu(tmp_path: Path) -> None:
+    # The independent oracle: the record committed with the crossdevice points (made on another
+    # machine), whatever this CPU's vendor and vector width.
+    from simulations.pretrain import pretrain_pinned
+
+    committed = json.loads((REPO_ROOT / "docs/results/crossdevice/pretrained.json").read_text())
+    sweep = load_sweep(REPO_ROOT / "simulations/sweeps/crossdevice.toml", tmp_path)
+    result = pretrain_pinned(**{**sweep.pretrain, "out": tmp_path / "checkpoint.pt"})
+    assert sweep_mod.checkpoint_record(tmp_path / "checkpoint.pt")["weights-digest"] == committed["weights-digest"]
+    assert result.test_accuracy == committed["test_accuracy"]
 
 
 def test_pretrain_with_zero_epochs_saves_the_seeded_initial_model(tiny_fmnist_dir, tmp_path: Path) -> None:  # noqa: ANN001
