@@ -235,6 +235,23 @@ def check_record(expected: dict[str, Any], actual: dict[str, Any], where: str) -
             "original checkpoint back, or run the sweep into a new results folder.")
 
 
+def hold_to_record(record: dict[str, Any], target: str | Path) -> None:
+    """Hold a checkpoint's ``record`` to the one a sweep folder keeps at ``target``: refuse it if
+    that names another checkpoint (:func:`check_record`), write it there if there is none yet.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        ``target`` records another checkpoint; nothing is written.
+    """
+    target = Path(target)
+    if target.is_file():
+        check_record(json.loads(target.read_text()), record, str(target))
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_json(target, record)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m simulations.pretrain --out PATH [options]`` (or ``--kwargs JSON``:
     :func:`pretrain`'s keyword arguments with ``out``, as :func:`pretrain_pinned` passes them)."""

@@ -43,7 +43,7 @@ from simulations.analysis import POINT_FILE
 from simulations.checkpoint import CHECKPOINT_NAME
 from simulations.config import RunConfig
 from simulations.point_process import environment, run_point_subprocess, split_cores, stop_running_points
-from simulations.pretrain import RECORD_FILE, check_record, checkpoint_record, pretrain_pinned
+from simulations.pretrain import RECORD_FILE, checkpoint_record, hold_to_record, pretrain_pinned
 from simulations.results import write_json
 from simulations.run import parse_overrides
 from simulations.sweep_evidence import export_evidence, export_pretrain_record, import_evidence
@@ -232,13 +232,7 @@ def _pretrained_checkpoint(sweep: Sweep) -> None:
     if not out.is_file():
         result = pretrain_pinned(**sweep.pretrain)
         print(f"pretrained checkpoint: {result.path} (test accuracy {result.test_accuracy:.4f})", flush=True)
-    record = checkpoint_record(out)
-    target = sweep.folder / RECORD_FILE
-    if target.is_file():
-        check_record(json.loads(target.read_text()), record, str(target))
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_json(target, record)
+    hold_to_record(checkpoint_record(out), sweep.folder / RECORD_FILE)
 
 
 def _remove_client_state(point: Point) -> None:

@@ -15,8 +15,7 @@ import shutil
 from pathlib import Path
 
 from simulations.analysis import POINT_FILE
-from simulations.pretrain import RECORD_FILE, check_record, checkpoint_record
-from simulations.results import write_json
+from simulations.pretrain import RECORD_FILE, checkpoint_record, hold_to_record
 from simulations.sweep_file import Sweep
 
 # What a finished point leaves to commit: enough for every table and figure.
@@ -79,14 +78,9 @@ def import_evidence(source: str | Path, folder: str | Path) -> list[str]:
         The folder already records another pretrained checkpoint than the source; nothing
         is imported.
     """
-    source_record, folder_record = Path(source) / RECORD_FILE, Path(folder) / RECORD_FILE
+    source_record = Path(source) / RECORD_FILE
     if source_record.is_file():
-        if folder_record.is_file():
-            check_record(json.loads(source_record.read_text()), json.loads(folder_record.read_text()),
-                         str(source_record))
-        else:
-            folder_record.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source_record, folder_record)
+        hold_to_record(json.loads(source_record.read_text()), Path(folder) / RECORD_FILE)
     imported = []
     for marker in done_markers(source):
         target = Path(folder) / marker.parent.name
@@ -111,10 +105,6 @@ def export_pretrain_record(sweep: Sweep, dest: str | Path) -> Path | None:
     """
     if not sweep.pretrain or not Path(sweep.pretrain["out"]).is_file():
         return None
-    record = checkpoint_record(sweep.pretrain["out"])
     target = Path(dest) / RECORD_FILE
-    if target.is_file():
-        check_record(json.loads(target.read_text()), record, str(target))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_json(target, record)
+    hold_to_record(checkpoint_record(sweep.pretrain["out"]), target)
     return target
