@@ -51,7 +51,7 @@ PINNED_X86_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2
 # The pins do not make an Intel CPU agree with an AMD one: MKL and oneDNN also choose by vendor
 # and model. Pinned, an Intel Sapphire Rapids CPU gives f6616c924e69a503 (0.7953) where the
 # crossdevice checkpoint is 8cdd3e82dab27a23 (0.8027), and gives 8cdd3e82dab27a23 when CPUID
-# answers as this AMD EPYC (measured): the identity sweeps pretrain under where they can.
+# answers as this AMD EPYC (measured), so sweeps pretrain with that identity where they can.
 PRETRAIN_CPU_IDENTITY = "amd-epyc-rome"
 
 
