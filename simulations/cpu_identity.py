@@ -5,9 +5,9 @@ width, so the same seeded pretraining with the same kernel pins can give other w
 Intel CPU than on an AMD one. Measured on the crossdevice checkpoint (``8cdd3e82dab27a23``):
 an Intel Sapphire Rapids CPU gives ``f6616c924e69a503``, and so does QEMU's emulated Haswell,
 but it gives ``8cdd3e82dab27a23`` bit for bit when CPUID answers as an AMD EPYC Rome (and
-QEMU's emulated EPYC Rome agrees with it step for step). :func:`identity_env` gives a child
-process such an identity: a small library, built here
-with the C compiler and preloaded, answers every CPUID instruction from a table
+agrees with QEMU's emulated EPYC Rome in every digest of the first 2 training steps).
+:func:`identity_env` gives a child process such an identity: a small library, built here with
+the C compiler and preloaded, answers every CPUID instruction from a table
 (``simulations/cpuid/<identity>.h``) through Linux's CPUID faulting, which traps the
 instruction (``arch_prctl(ARCH_SET_CPUID)``, as the rr debugger uses it). The code still runs
 natively; only what it learns of the CPU changes, so it must not use an instruction the real

@@ -16,13 +16,11 @@ from fedfish.dataset_files import SYSTEM_FASHION_MNIST_DIR
 from simulations import cpu_identity
 from simulations import sweep as sweep_mod
 from simulations.config import RunConfig
-from simulations.pretrain import CheckpointMismatchError
+from simulations.pretrain import REPO_ROOT, CheckpointMismatchError
 from simulations.sweep import run_sweep
 from simulations.sweep_evidence import export_evidence, export_pretrain_record, import_evidence
 from simulations.sweep_file import load_sweep, parse_sweep
 from tests.sweep_fakes import fake_runner, small_grid
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------- the checkpoint's record
 
