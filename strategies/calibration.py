@@ -13,10 +13,12 @@ the mask by little; tests/test_robustness.py measures how little.
 from __future__ import annotations
 
 import torch
+from flwr.app import Message
+from flwr.serverapp import Grid
 
 from fedfish import codec
 from strategies.records import Reply
-from strategies.replies import ReplyBatch
+from strategies.replies import ReplyBatch, ReplyRules, check_replies
 
 
 def decode_scores(reply: Reply, num_params: int) -> torch.Tensor:
@@ -36,6 +38,15 @@ def decode_scores(reply: Reply, num_params: int) -> torch.Tensor:
     if (scores < 0).any():
         raise codec.CodecError("scores must be non-negative")
     return scores
+
+
+def request_scores(grid: Grid, messages: list[Message], num_params: int, rules: ReplyRules, timeout: float
+                   ) -> ReplyBatch:
+    """Send the calibration queries; the replies sorted out, each accepted one with its
+    scores decoded and checked (:func:`decode_scores`)."""
+    replies = grid.send_and_receive(messages, timeout=timeout)
+    return check_replies(replies, decode=lambda reply: decode_scores(reply, num_params), rules=rules,
+                         required_payloads=("scores",))
 
 
 def combine_scores(batch: ReplyBatch, trim_fraction: float = 0.1, robust: bool = True) -> torch.Tensor | None:

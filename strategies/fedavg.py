@@ -16,6 +16,7 @@ Its bytes are measured like everyone's, by :class:`strategies.metering.MeteredGr
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from logging import WARNING
 
 import numpy as np
@@ -24,8 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from strategies import records
-from strategies.holdings import NodeHoldings, wait_for_nodes
+from strategies.holdings import NodeHoldings
 from strategies.replies import ReplyBatch, ReplyRules, check_array_replies
 from strategies.stats import RoundStats
 
@@ -75,8 +75,8 @@ class CountingFedAvg(FedAvg):
             raise ValueError(f"CountingFedAvg: max_update_norm must be > 0 or None, got {max_update_norm}")
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.min_replies = min_replies
-        self.rules = dict(examples_bound=examples_bound, num_partitions=num_partitions,
-                          max_update_norm=max_update_norm, norm_factor=update_norm_factor)
+        self.reply_limits = ReplyRules(examples_bound=examples_bound, num_partitions=num_partitions,
+                                       max_update_norm=max_update_norm, norm_factor=update_norm_factor)
         self.round_stats: dict[int, RoundStats] = {}
         self._global: ArrayRecord | None = None
         self.holdings = NodeHoldings(public_base=False, seed=seed, num_partitions=num_partitions)
@@ -104,16 +104,13 @@ class CountingFedAvg(FedAvg):
         """Validate and order the replies, then aggregate the valid ones as FedAvg does."""
         if self._global is None:
             raise RuntimeError("CountingFedAvg: aggregate_train before configure_train")
-        rules = ReplyRules(partition_of=self.holdings.partition_of, **self.rules)  # type: ignore[arg-type]
+        rules = replace(self.reply_limits, partition_of=self.holdings.partition_of)
         batch, valid = check_array_replies(replies, self._global, rules=rules, weighted_by_key=self.weighted_by_key)
         # The round's enrolment counts too: a node that failed it or claimed a partition not its own.
         enrolment, self._enrolment = self._enrolment, ReplyBatch()
-        stats = RoundStats(
-            phase="train", mask_density=1.0, clients_ok=len(batch.accepted),
-            clients_failed=batch.failed + enrolment.failed,
-            clients_rejected=len(batch.rejected) + len(enrolment.rejected),
-            rejections=[*enrolment.rejected, *batch.rejected],
-        )
+        stats = RoundStats(phase="train", mask_density=1.0, clients_ok=len(batch.accepted))
+        stats.count(enrolment)
+        stats.count(batch)
         self.round_stats[server_round] = stats
         if len(batch.accepted) < self.min_replies:
             log(WARNING, "Round %d skipped: %d valid replies, %d needed; global model unchanged",
@@ -136,11 +133,9 @@ class CountingFedAvg(FedAvg):
     ) -> Iterable[Message]:
         if fraction == 0.0:
             return []
-        nodes = wait_for_nodes(grid, self.min_available_nodes)
-        enrol = self.enrol_config | {"server-round": server_round, "phase": "enrol"}
-        self._enrolment = self.holdings.enrol(grid, nodes, lambda: records.downlink(enrol, {}), current_model=0,
-                                              current_mask=-1, timeout=self.round_timeout)
-        sampled = self.holdings.sample(nodes, fraction)
+        sampled, self._enrolment = self.holdings.enrol_and_sample(
+            grid, fraction, min_nodes=self.min_available_nodes, config=self.enrol_config | {"server-round": server_round},
+            current_model=0, current_mask=-1, timeout=self.round_timeout)
         # A copy: the caller's ConfigRecord is shared by every round.
         config = ConfigRecord(dict(config) | {"server-round": server_round})
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})

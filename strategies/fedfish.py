@@ -22,6 +22,7 @@ are accepted is :mod:`strategies.settings`.
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 
@@ -37,10 +38,10 @@ from fedfish.layout import ParamLayout
 from fedfish.mask_sources import mask_source as find_mask_source
 from fedfish.updates import DecodedUpdate, UpdateRule, update_rule
 from strategies import records
-from strategies.calibration import combine_scores, decode_scores
+from strategies.calibration import combine_scores, request_scores
 from strategies.downlink import DownlinkEncoder
 from strategies.global_model import GlobalModel
-from strategies.holdings import NodeHoldings, wait_for_nodes
+from strategies.holdings import NodeHoldings
 from strategies.masking import MaskState, ServerScores
 from strategies.replies import ReplyBatch, ReplyRules, check_replies
 from strategies.settings import check_settings
@@ -180,8 +181,8 @@ class FedFish(Strategy):
             warmup_rounds=warmup_rounds, mask_refresh=mask_refresh, min_replies=min_replies,
             max_update_norm=max_update_norm, update_norm_factor=update_norm_factor,
         )
-        scores_on_server = source.kind == "model" or (source.kind == "data" and fisher_source == "server")
-        if self.rule.trains_under_mask and scores_on_server and server_scores_fn is None:
+        self.scores_on_server = source.kind == "model" or (source.kind == "data" and fisher_source == "server")
+        if self.rule.trains_under_mask and self.scores_on_server and server_scores_fn is None:
             raise ValueError(f"FedFish: mask source {mask_source!r} with fisher_source={fisher_source!r} "
                              "needs server_scores_fn")
         self.layout = layout
@@ -197,11 +198,9 @@ class FedFish(Strategy):
         self.fraction_evaluate = fraction_evaluate
         self.min_replies = min_replies
         self.min_available_nodes = min_available_nodes
-        self.examples_bound = examples_bound
-        self.num_partitions = num_partitions
         self.round_timeout = round_timeout
-        self.max_update_norm = max_update_norm
-        self.update_norm_factor = update_norm_factor
+        self.reply_limits = ReplyRules(examples_bound=examples_bound, num_partitions=num_partitions,
+                                       max_update_norm=max_update_norm, norm_factor=update_norm_factor)
         self.aggregator = aggregator
         self.trim_fraction = trim_fraction
         self.robust_calibration = robust_calibration
@@ -345,27 +344,20 @@ class FedFish(Strategy):
         return self.masks.mask.density if self.masks.mask is not None else 1.0
 
     def _sample(self, server_round: int, grid: Grid, fraction: float) -> list[int]:
-        # Enrolling unknown nodes is a round trip: sampling by partition needs their partitions.
-        nodes = wait_for_nodes(grid, self.min_available_nodes)
         enrol_config = {key: self.client_config[key] for key in ENROL_KEYS if key in self.client_config}
-        enrol_config |= {"server-round": server_round, "phase": "enrol"}
         current_mask = self.masks.mask.version if self.masks.mask is not None else -1
-        enrolled = self.holdings.enrol(grid, nodes, lambda: records.downlink(enrol_config, {}),
-                                       current_model=self.global_model.history.version, current_mask=current_mask,
-                                       timeout=self.round_timeout)
-        stats = self.round_stats.setdefault(server_round, RoundStats())
-        stats.clients_failed += enrolled.failed
-        stats.clients_rejected += len(enrolled.rejected)
-        stats.rejections.extend(enrolled.rejected)
-        return self.holdings.sample(nodes, fraction)
+        nodes, enrolment = self.holdings.enrol_and_sample(
+            grid, fraction, min_nodes=self.min_available_nodes, config=enrol_config | {"server-round": server_round},
+            current_model=self.global_model.history.version, current_mask=current_mask, timeout=self.round_timeout)
+        self.round_stats.setdefault(server_round, RoundStats()).count(enrolment)
+        return nodes
 
     def _build_mask(self, server_round: int, nodes: list[int], grid: Grid) -> bool:
         """Make the next mask; returns False when calibration got no usable scores."""
-        source = self.masks.source
         scores = None
-        if source.kind == "model" or (source.kind == "data" and self.fisher_source == "server"):
+        if self.scores_on_server:
             scores = self.server_scores_fn(self.global_model.params)  # type: ignore[misc]
-        elif source.kind == "data":
+        elif self.masks.source.kind == "data":
             scores = self._client_scores(server_round, nodes, grid)
             if scores is None:
                 return False
@@ -380,29 +372,21 @@ class FedFish(Strategy):
                     message_type=SCORES, dst_node_id=node)
             for node in nodes
         ]
-        replies = grid.send_and_receive(messages, timeout=self.round_timeout)
-        batch = check_replies(replies, decode=lambda reply: decode_scores(reply, self.layout.num_params),
-                              rules=self._rules(), required_payloads=("scores",))
+        batch = request_scores(grid, messages, self.layout.num_params, self._rules(), self.round_timeout)
         self._count(self.round_stats[server_round], batch)
         return combine_scores(batch, self.trim_fraction, self.robust_calibration)
 
     def _rules(self, *, model_version: int | None = None, norms: bool = False) -> ReplyRules:
-        """What replies may claim: the enrolled partition, its shard size, versions, norm bounds."""
-        return ReplyRules(
-            examples_bound=self.examples_bound, partition_of=self.holdings.partition_of,
-            num_partitions=self.num_partitions, max_model_version=self.global_model.history.version,
-            model_version=model_version,
-            max_update_norm=self.max_update_norm if norms else None,
-            norm_factor=self.update_norm_factor if norms else None,
-        )
+        """What replies may claim: the enrolled partition, its shard size, versions and, with
+        ``norms`` (training replies), the norm bounds."""
+        limits = self.reply_limits if norms else replace(self.reply_limits, max_update_norm=None, norm_factor=None)
+        return replace(limits, partition_of=self.holdings.partition_of,
+                       max_model_version=self.global_model.history.version, model_version=model_version)
 
     def _count(self, stats: RoundStats, batch: ReplyBatch) -> None:
         """Note what replying nodes hold and add the batch's failures to the round's counts."""
         self.holdings.note_acks(batch)
-        stats.clients_failed += batch.failed
-        stats.clients_rejected += len(batch.rejected)
-        stats.clients_resynced += batch.need_base
-        stats.rejections.extend(batch.rejected)
+        stats.count(batch)
 
     def _downlink(
         self,

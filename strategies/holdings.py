@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from logging import INFO
 
 from flwr.app import Message
@@ -71,18 +71,38 @@ class NodeHoldings:
         size = max(int(len(enrolled) * fraction), 1)
         return sorted(self.rng.sample(enrolled, size), key=self.partition_of.__getitem__)
 
+    def enrol_and_sample(
+        self,
+        grid: Grid,
+        fraction: float,
+        *,
+        min_nodes: int,
+        config: dict[str, int | float | str | bool],
+        current_model: int,
+        current_mask: int,
+        timeout: float,
+    ) -> tuple[list[int], ReplyBatch]:
+        """The round's nodes: wait for ``min_nodes`` to connect, enrol those not known yet
+        (a round trip: sampling by partition needs their partitions), then :meth:`sample`
+        ``fraction`` of the enrolled. Returns them and the enrolment replies sorted out."""
+        nodes = wait_for_nodes(grid, min_nodes)
+        enrolment = self.enrol(grid, nodes, config, current_model=current_model, current_mask=current_mask,
+                               timeout=timeout)
+        return self.sample(nodes, fraction), enrolment
+
     def enrol(
         self,
         grid: Grid,
         nodes: Iterable[int],
-        content: Callable[[], records.RecordDict],
+        config: dict[str, int | float | str | bool],
         *,
         current_model: int,
         current_mask: int,
         timeout: float,
     ) -> ReplyBatch:
-        """Ask nodes the server has not heard from for their partition and holdings; returns
-        the enrolment replies sorted out (failures and rejected claims count in the round).
+        """Ask nodes the server has not heard from for their partition and holdings (a
+        ``query.enrol`` message carrying ``config``, phase ``enrol``); returns the enrolment
+        replies sorted out (failures and rejected claims count in the round).
 
         A node's partition is fixed here, once: a partition that another connected node holds,
         or that two new nodes claim at once, is given to none of them (logged), so that no
@@ -97,7 +117,9 @@ class NodeHoldings:
         unknown = sorted(connected - set(self.partition_of))
         if not unknown:
             return ReplyBatch()
-        messages = [Message(content=content(), message_type=ENROL, dst_node_id=node) for node in unknown]
+        content = dict(config) | {"phase": "enrol"}
+        messages = [Message(content=records.downlink(content, {}), message_type=ENROL, dst_node_id=node)
+                    for node in unknown]
         replies = grid.send_and_receive(messages, timeout=timeout)
         batch = check_claims(replies, ReplyRules(min_examples=0, max_model_version=current_model,
                                                  num_partitions=self.num_partitions),
@@ -146,7 +168,6 @@ class NodeHoldings:
         self.held_mask = dict(state["held_mask"])  # type: ignore[arg-type]
         self.no_public_base = set(state["no_public_base"])  # type: ignore[arg-type]
         self.rng.setstate(state["rng"])  # type: ignore[arg-type]
-
 
 
 def wait_for_nodes(grid: Grid, minimum: int) -> list[int]:

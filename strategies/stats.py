@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from strategies.replies import ReplyBatch
 
 
 @dataclass
@@ -33,3 +37,11 @@ class RoundStats:
     clients_resynced: int = 0
     skipped: bool = False
     rejections: list[tuple[int, str]] = field(default_factory=list)
+
+    def count(self, batch: ReplyBatch) -> None:
+        """Add an exchange's failures, rejections and resyncs (enrolment, calibration or
+        training) to the round's."""
+        self.clients_failed += batch.failed
+        self.clients_rejected += len(batch.rejected)
+        self.clients_resynced += batch.need_base
+        self.rejections.extend(batch.rejected)
