@@ -17,7 +17,7 @@ over seeds; a goal missed is said so. The last line is::
            fish_vs_random_finetune=<bytes to target, random-fixed 2% / FedFish 2%, alpha 0.5>
 
 ``nan`` where a group has not run yet or no FedFish setting reached the target in every seed.
-The second architecture (``simulations/sweeps/crossdevice_resnet.toml``, FedAvg vs FedFish 2%)
+The second architecture (``simulations/sweeps/crossdevice_resnet.toml``, FedAvg vs FedFish 2% and 10%)
 gets its own table and verdict line when its evidence is there; it is not part of RESULT.
 
 ``--update-docs`` replaces what stands between ``<!-- savings:begin -->`` and
