@@ -110,7 +110,7 @@ def test_status_line_counts_the_committed_points_of_each_group(tmp_path: Path) -
     # Assert: counted per (scenario, alpha) group of 33, the running point not counted
     assert line == ("**Finished and committed: `crossdevice` 2 of 132 points (finetune, alpha 0.5: 0 of 33; "
                     "scratch, alpha 0.5: 1 of 33; finetune, alpha 0.1: 1 of 33; scratch, alpha 0.1: 0 of 33), "
-                    "`crossdevice_resnet` 0 of 6 points (finetune, alpha 0.5: 0 of 6).**")
+                    "`crossdevice_resnet` 0 of 9 points (finetune, alpha 0.5: 0 of 9).**")
 
 def test_second_architecture_gets_its_table_and_verdict_line(
     evidence: Path, capsys: pytest.CaptureFixture[str]
