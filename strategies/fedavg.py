@@ -134,8 +134,9 @@ class CountingFedAvg(FedAvg):
         if fraction == 0.0:
             return []
         sampled, self._enrolment = self.holdings.enrol_and_sample(
-            grid, fraction, min_nodes=self.min_available_nodes, config=self.enrol_config | {"server-round": server_round},
-            current_model=0, current_mask=-1, timeout=self.round_timeout)
+            grid, fraction, min_nodes=self.min_available_nodes,
+            config=self.enrol_config | {"server-round": server_round}, current_model=0, current_mask=-1,
+            timeout=self.round_timeout)
         # A copy: the caller's ConfigRecord is shared by every round.
         config = ConfigRecord(dict(config) | {"server-round": server_round})
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})

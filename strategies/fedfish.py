@@ -22,8 +22,8 @@ are accepted is :mod:`strategies.settings`.
 from __future__ import annotations
 
 import secrets
-from dataclasses import replace
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from logging import INFO, WARNING
 
 import torch
