@@ -98,6 +98,7 @@ def tiny_cifar_root(tmp_path: Path) -> TinyImages:
     return TinyImages(root, arrays)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's hook, which turns the groups into node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under ``pytest -n 2 --dist loadgroup`` (``make test``), the tests that start Flower (Ray
     simulations, SuperLink/SuperNode processes) share one worker and run one at a time: two Ray
