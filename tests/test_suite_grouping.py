@@ -49,9 +49,8 @@ def test_end_to_end_tests_share_one_worker_under_make_tests_options(tmp_path: Pa
 
     # Assert
     assert done.returncode == 0, done.stdout + done.stderr
-    workers = {name: set() for name in ("e2e", "plain")}
-    for worker, module in re.findall(r"\[(gw\d)\] .*PASSED test_probe_(e2e|plain)\.py::", done.stdout):
-        workers[module].add(worker)
+    ran = re.findall(r"\[(gw\d)\] .*PASSED test_probe_(e2e|plain)\.py::", done.stdout)
     assert len(re.findall(r"PASSED test_probe_e2e\.py::test_\w+@flower", done.stdout)) == 4, done.stdout
-    assert len(workers["e2e"]) == 1, done.stdout
-    assert workers["plain"], done.stdout
+    assert len({worker for worker, module in ran if module == "e2e"}) == 1, done.stdout
+    # Both workers got work (xdist gives each one a unit first), so one worker for e2e is the grouping's doing.
+    assert {worker for worker, _ in ran} == {"gw0", "gw1"}, done.stdout
